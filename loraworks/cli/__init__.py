@@ -1,0 +1,33 @@
+"""The `loraworks` command. Each command group lives in its own module and only calls the
+Python API; this module just assembles them."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+# (module, attribute): each module defines a `typer.Typer` named `app` to mount as a group, or
+# a `register(app)` function adding plain commands. Missing modules are skipped so the command
+# works while features are being built.
+_COMMAND_MODULES = ("models", "generate", "train", "demo", "serve")
+
+
+def _assemble() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"loraworks.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"loraworks.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_assemble()
+
+
+def main() -> None:
+    app()

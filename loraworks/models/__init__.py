@@ -1,0 +1,1 @@
+"""Model manager: the models root, its config, SQLite records, installs and autoimport."""

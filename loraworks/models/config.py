@@ -1,0 +1,90 @@
+"""The models root's config file (`config.toml`): every default the product applies.
+
+Read with `tomllib`; the file is written once, from `DEFAULT_CONFIG_TOML`, on first use, so a
+user sees every setting with its comment. Unknown keys are an error (a typo must not be
+silently ignored).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationDefaults(_Section):
+    steps: int = Field(25, ge=1, le=1000)
+    cfg: float = 7.5
+    scheduler: str = "euler"
+    width: int = 512
+    height: int = 512
+    lora_weight: float = 0.75  # "most LoRAs perform best at a weight of .75-1"
+
+
+class LCMPreset(_Section):
+    scheduler: str = "lcm"
+    steps: int = Field(4, ge=1, le=50)
+    cfg: float = 1.0
+    lcm_lora_weight: float = 0.35
+    other_lora_weight: float = 0.45
+
+
+class CacheSettings(_Section):
+    ram_budget_gb: float = Field(8.0, gt=0)
+    max_loras: int = Field(32, ge=0)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=1, le=65535)
+    token: str | None = None
+
+
+class Config(_Section):
+    generation: GenerationDefaults = GenerationDefaults()
+    lcm: LCMPreset = LCMPreset()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        """Read `path`, writing the commented defaults there first when it does not exist."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(DEFAULT_CONFIG_TOML)
+        with path.open("rb") as f:
+            return cls.model_validate(tomllib.load(f))
+
+
+DEFAULT_CONFIG_TOML = """\
+# loraworks configuration. Delete a line to get its default back.
+
+[generation]
+steps = 25            # denoising steps when a request gives none
+cfg = 7.5             # classifier-free guidance scale; <= 1 skips the unconditional pass
+scheduler = "euler"   # euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm
+width = 512
+height = 512
+lora_weight = 0.75    # weight of a LoRA picked without one and without a preferred weight
+
+[lcm]                 # applied when an LCM-LoRA is in the stack and the request leaves these unset
+scheduler = "lcm"
+steps = 4
+cfg = 1.0
+lcm_lora_weight = 0.35
+other_lora_weight = 0.45
+
+[cache]
+ram_budget_gb = 8.0   # main models kept loaded (LRU) while their size fits
+max_loras = 32        # parsed LoRAs kept in memory
+
+[server]
+host = "127.0.0.1"
+port = 9090
+# token = "..."       # required for a non-loopback bind; then sent as `Authorization: Bearer`
+"""
