@@ -14,9 +14,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 def _root() -> None:
     """loraworks: local SD1/SD2/SDXL generation around LoRAs and LCM-LoRAs."""
 
-# (module, attribute): each module defines a `typer.Typer` named `app` to mount as a group, or
-# a `register(app)` function adding plain commands. Missing modules are skipped so the command
-# works while features are being built.
+
+# Each module has `register(app)`, adding its commands or command group. Modules not written
+# yet are skipped, so the command works while features are being built.
 _COMMAND_MODULES = ("models", "generate", "train", "demo", "serve")
 
 
