@@ -1,0 +1,105 @@
+"""Atomic copies into `models/`: copy to a temporary name, fsync, rename, and only then write
+the record (the caller does that in one transaction).
+
+A crash at any point leaves either nothing, a `.tmp-*` entry, or a complete folder without a
+record; `clean_leftovers` removes the last two on the next open. An advisory lock keeps that
+cleanup away from installs still running in another process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+_KEY = re.compile(r"[0-9a-f]{32}")
+# Test hook: seconds to sleep after the copy and before the rename (crash-safety tests).
+SLOW_INSTALL_ENV = "LORAWORKS_TEST_INSTALL_PAUSE"
+
+
+@contextmanager
+def install_lock(lock_file: Path, exclusive: bool, wait: bool = True) -> Iterator[bool]:
+    """Shared for installs (several may run), exclusive for cleanup; yields whether it holds."""
+    lock_file.touch(exist_ok=True)
+    with lock_file.open("r") as f:
+        flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(f, flags | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_synced(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        dst.mkdir()
+        for child in sorted(src.iterdir()):
+            _copy_synced(child, dst / child.name)
+        _fsync_path(dst)
+    else:
+        shutil.copyfile(src, dst)
+        _fsync_path(dst)
+
+
+def copy_into(
+    models_dir: Path, key: str, source: Path, file_name: str, extras: dict[str, Path]
+) -> Path:
+    """Copy `source` (file or folder) to `models/<key>/<file_name>` atomically, with `extras`
+    (e.g. the preview image) beside it under the given names; return the copied path."""
+    tmp = models_dir / f"{TMP_PREFIX}{key}"
+    final = models_dir / key
+    tmp.mkdir()
+    try:
+        _copy_synced(source, tmp / file_name)
+        for extra_name, extra in extras.items():
+            _copy_synced(extra, tmp / extra_name)
+        _fsync_path(tmp)
+        pause = os.environ.get(SLOW_INSTALL_ENV)
+        if pause:
+            import time
+
+            time.sleep(float(pause))
+        os.replace(tmp, final)
+        _fsync_path(models_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final / file_name
+
+
+def discard(models_dir: Path, key: str) -> None:
+    """Remove a copied model's folder (after its record is gone or was never written)."""
+    target = models_dir / key
+    if target.parent == models_dir and target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def clean_leftovers(models_dir: Path, known_keys: set[str]) -> list[Path]:
+    """Delete temporary copies and complete copies that no record points to."""
+    removed = []
+    for entry in models_dir.iterdir():
+        orphan = bool(_KEY.fullmatch(entry.name)) and entry.name not in known_keys
+        if entry.name.startswith(TMP_PREFIX) or orphan:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

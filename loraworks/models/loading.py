@@ -1,0 +1,38 @@
+"""Main models → diffusers pipelines, never touching the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from loraworks.models.errors import ModelError
+from loraworks.models.records import ModelRecord
+
+
+def pipeline_class(base: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if base == "sdxl" else StableDiffusionPipeline
+
+
+def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
+    """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`; `kwargs` go to
+    diffusers (e.g. `torch_dtype`)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    cls = pipeline_class(record.base or "sd1")
+    if record.base != "sdxl":
+        kwargs.setdefault("safety_checker", None)
+        kwargs.setdefault("requires_safety_checker", False)
+    try:
+        if record.format == "diffusers":
+            return cls.from_pretrained(str(record.path), local_files_only=True, **kwargs)
+        if record.format == "checkpoint":
+            from loraworks.models.singlefile import load_checkpoint
+
+            return load_checkpoint(cls, record.path, record.base or "sd1", cache, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"'{record.name}': cannot be loaded ({exc})") from None
+    raise ModelError(f"'{record.name}': no loader for format '{record.format}'")

@@ -1,0 +1,109 @@
+"""Card facts from a model's header and its sidecar files: trigger words, preferred weight,
+description and preview image.
+
+Sources, most specific first: the A1111 sidecar `<name>.json` (`activation text`,
+`preferred weight`, `description`), `<name>.txt` (A1111's description file), the
+`modelspec.*` header keys, and kohya's `ss_tag_frequency` (the most frequent caption tags).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_TAG_TRIGGERS = 3
+MAX_SIDECAR_BYTES = 1024 * 1024
+
+
+@dataclass
+class CardFacts:
+    """Editable facts found for one model (empty when nothing says)."""
+
+    trigger_words: list[str] = field(default_factory=list)
+    default_weight: float | None = None
+    description: str = ""
+    preview_path: Path | None = None
+
+
+def split_words(text: str) -> list[str]:
+    """`"zkstar, shiny star"` → `["zkstar", "shiny star"]`, order kept, duplicates dropped."""
+    words = (w.strip() for w in re.split(r"[,\n]", text))
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def triggers_from_tag_frequency(raw: str) -> list[str]:
+    """The most frequent tags of kohya's `ss_tag_frequency` ({dataset: {tag: count}})."""
+    try:
+        table = json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        return []
+    if not isinstance(table, dict):
+        return []
+    counts: Counter[str] = Counter()
+    for tags in table.values():
+        if isinstance(tags, dict):
+            for tag, count in tags.items():
+                if isinstance(count, int | float):
+                    counts[str(tag).strip()] += count
+    counts.pop("", None)
+    return [tag for tag, _ in counts.most_common(MAX_TAG_TRIGGERS)]
+
+
+def sidecar_base(weights: Path, model_path: Path) -> Path:
+    """Sidecars sit next to the file, or next to the folder for folder models."""
+    return model_path if model_path.is_dir() else weights.with_suffix("")
+
+
+def _read_sidecar_json(path: Path) -> dict:
+    if not path.is_file() or path.stat().st_size > MAX_SIDECAR_BYTES:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _weight(value: object) -> float | None:
+    try:
+        weight = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    # A1111 writes 0 for "not set".
+    return weight if math.isfinite(weight) and weight != 0 else None
+
+
+def find_preview(stem: Path) -> Path | None:
+    candidates = [stem.with_name(stem.name + ext) for ext in PREVIEW_SUFFIXES]
+    candidates += [stem.with_name(stem.name + ".preview" + ext) for ext in PREVIEW_SUFFIXES]
+    if stem.is_dir():
+        candidates += [stem / ("preview" + ext) for ext in PREVIEW_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def card_facts(metadata: dict[str, str], stem: Path) -> CardFacts:
+    """Facts for the model whose sidecars are named `stem` + suffix."""
+    sidecar = _read_sidecar_json(stem.with_name(stem.name + ".json"))
+    facts = CardFacts(preview_path=find_preview(stem))
+    activation = sidecar.get("activation text")
+    if isinstance(activation, str) and split_words(activation):
+        facts.trigger_words = split_words(activation)
+    elif metadata.get("modelspec.trigger_phrase"):
+        facts.trigger_words = split_words(metadata["modelspec.trigger_phrase"])
+    elif metadata.get("ss_tag_frequency"):
+        facts.trigger_words = triggers_from_tag_frequency(metadata["ss_tag_frequency"])
+    facts.default_weight = _weight(sidecar.get("preferred weight"))
+    description = sidecar.get("description")
+    txt = stem.with_name(stem.name + ".txt")
+    if isinstance(description, str) and description.strip():
+        facts.description = description.strip()
+    elif txt.is_file() and txt.stat().st_size <= MAX_SIDECAR_BYTES:
+        facts.description = txt.read_text(encoding="utf-8", errors="replace").strip()
+    elif metadata.get("modelspec.description"):
+        facts.description = metadata["modelspec.description"].strip()
+    return facts

@@ -1,0 +1,254 @@
+"""Telling what a file or folder is: model type, base (SD1/SD2/SDXL), format, LCM or not.
+
+LoRAs are parsed by the engine (`loraworks.lora.load_lora`); main models and VAEs are read
+from their tensor shapes and configs here. Nothing is loaded that can run code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraworks.models.errors import ModelError
+from loraworks.models.hashing import hash_file, hash_folder
+from loraworks.models.records import BaseName, ModelType
+from loraworks.models.safefiles import (
+    PICKLE_SUFFIXES,
+    WEIGHT_SUFFIXES,
+    file_metadata,
+    load_state_dict,
+    tensor_shapes,
+)
+
+DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+PEFT_LORA_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+CONTEXT_DIM_TO_BASE: dict[int, BaseName] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+LDM_UNET_PREFIX = "model.diffusion_model."
+
+# Words that mark an LCM(-LoRA) in metadata values or names.
+_LCM_WORD = re.compile(r"(?<![a-z])(lcm|latent[ _-]?consistency)(?![a-z])", re.IGNORECASE)
+# Metadata keys whose text describes the model (not its training captions).
+_DESCRIPTIVE_KEYS = (
+    "modelspec.title",
+    "modelspec.architecture",
+    "modelspec.description",
+    "modelspec.tags",
+    "ss_output_name",
+    "ss_training_comment",
+    "ss_network_module",
+    "lora_adapter_metadata",
+)
+
+
+@dataclass
+class Probe:
+    """What a model source is, and the content hash that identifies it."""
+
+    type: ModelType
+    base: BaseName
+    format: str
+    hash: str
+    weights: Path  # the file (or folder) whose content the hash covers
+    is_lcm: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def is_lora_folder(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / n).is_file() for n in DIFFUSERS_LORA_FILES + PEFT_LORA_FILES
+    )
+
+
+def is_main_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def is_weight_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
+
+
+def lora_weights_file(folder: Path) -> Path:
+    return next(
+        folder / n for n in DIFFUSERS_LORA_FILES + PEFT_LORA_FILES if (folder / n).is_file()
+    )
+
+
+def content_hash(path: Path) -> str:
+    """The hash that identifies a model: of the weights file for LoRA folders (so a folder
+    and its bare file are the same content), of every file for pipelines."""
+    if is_main_folder(path):
+        return hash_folder(path)
+    if is_lora_folder(path):
+        return hash_file(lora_weights_file(path))
+    return hash_file(path)
+
+
+def probe(path: Path, expect: ModelType | None = None) -> Probe:
+    """Identify `path`; `expect` narrows the guess (the drop folders know what they hold)."""
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or folder")
+    if is_main_folder(path):
+        return _probe_main_folder(path)
+    if is_lora_folder(path):
+        return _probe_lora_folder(path)
+    if path.is_dir():
+        raise ModelError(
+            f"{path.name}: a folder that is neither a diffusers model (model_index.json) nor a "
+            f"LoRA ({' / '.join(DIFFUSERS_LORA_FILES + PEFT_LORA_FILES)})"
+        )
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ModelError(
+            f"{path.name}: unsupported file type '{path.suffix}' "
+            f"(expected one of {', '.join(WEIGHT_SUFFIXES)})"
+        )
+    shapes = tensor_shapes(path)
+    if expect != "lora" and any(k.startswith(LDM_UNET_PREFIX) for k in shapes):
+        return Probe(
+            type="main",
+            base=_base_from_checkpoint(path.name, shapes),
+            format="checkpoint",
+            hash=hash_file(path),
+            weights=path,
+            metadata=file_metadata(path),
+        )
+    if expect != "lora" and _looks_like_vae(shapes):
+        return Probe(
+            type="vae",
+            base="sdxl" if re.search(r"xl", path.name, re.IGNORECASE) else "sd1",
+            format="checkpoint",
+            hash=hash_file(path),
+            weights=path,
+            metadata=file_metadata(path),
+        )
+    return _probe_lora_file(path, path.stem)
+
+
+# --- LoRAs ----------------------------------------------------------------------------------
+
+
+def _engine():
+    try:
+        from loraworks import lora
+    except ImportError as exc:  # the engine is part of this package; a broken install
+        raise ModelError(f"the LoRA engine cannot be imported ({exc})") from None
+    return lora
+
+
+def _load_with_engine(source: Any, label: str):
+    lora = _engine()
+    try:
+        return lora.load_lora(source)
+    except lora.LoRAError as exc:
+        raise ModelError(f"{label}: not a usable LoRA ({exc})") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{label}: cannot be read as a LoRA ({exc})") from None
+
+
+def _probe_lora_file(path: Path, name: str) -> Probe:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        parsed = _load_with_engine((load_state_dict(path), {}), path.name)
+    else:
+        file_metadata(path)  # header checks (size cap) before the engine parses it
+        parsed = _load_with_engine(path, path.name)
+    return _lora_probe(parsed, path, name)
+
+
+def _probe_lora_folder(folder: Path) -> Probe:
+    weights = lora_weights_file(folder)
+    if weights.suffix.lower() in PICKLE_SUFFIXES:
+        state = load_state_dict(weights)  # refuses unsafe pickles before the engine sees them
+        source: Any = folder if weights.name in PEFT_LORA_FILES else (state, {})
+    else:
+        file_metadata(weights)
+        source = folder
+    return _lora_probe(_load_with_engine(source, folder.name), weights, folder.name)
+
+
+def _lora_probe(parsed: Any, weights: Path, name: str) -> Probe:
+    metadata = dict(parsed.metadata or {})
+    return Probe(
+        type="lora",
+        base=parsed.base,
+        format=parsed.format,
+        hash=hash_file(weights),
+        weights=weights,
+        is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),
+        metadata=metadata,
+    )
+
+
+def is_lcm_lora(targets: list[str], metadata: dict[str, str], name: str) -> bool:
+    """LCM-LoRA by metadata, then by the layout of LCM distillation files, then by name.
+
+    Published LCM-LoRAs (and `train_lcm_distill_lora_*`) adapt the whole UNet — attention,
+    resnet convolutions and `time_emb_proj` — and no text encoder, and carry no kohya `ss_*`
+    training facts; concept LoRAs almost always touch the text encoder or only attention.
+    """
+    if any(_LCM_WORD.search(str(metadata.get(k, ""))) for k in _DESCRIPTIVE_KEYS):
+        return True
+    unet_only = bool(targets) and all(t.startswith("unet.") for t in targets)
+    full_unet = (
+        any("time_emb_proj" in t for t in targets)
+        and any(".resnets." in t for t in targets)
+        and any(".attentions." in t for t in targets)
+    )
+    kohya_trained = any(k.startswith("ss_") for k in metadata)
+    if unet_only and full_unet and not kohya_trained:
+        return True
+    return bool(_LCM_WORD.search(name.replace("_", " ")))
+
+
+# --- main models and VAEs -------------------------------------------------------------------
+
+
+def _base_from_context_dim(dim: int, label: str) -> BaseName:
+    try:
+        return CONTEXT_DIM_TO_BASE[dim]
+    except KeyError:
+        raise ModelError(
+            f"{label}: cross-attention width {dim} is not SD1 (768), SD2 (1024) or SDXL (2048)"
+        ) from None
+
+
+def _base_from_checkpoint(label: str, shapes: dict[str, tuple[int, ...]]) -> BaseName:
+    for key, shape in shapes.items():
+        if key.startswith(LDM_UNET_PREFIX) and key.endswith("attn2.to_k.weight"):
+            return _base_from_context_dim(shape[1], label)
+    raise ModelError(f"{label}: a UNet checkpoint without cross-attention; not SD1/SD2/SDXL")
+
+
+def _looks_like_vae(shapes: dict[str, tuple[int, ...]]) -> bool:
+    keys = [k.removeprefix("first_stage_model.") for k in shapes]
+    return (
+        any(k.startswith("encoder.") for k in keys)
+        and any(k.startswith("decoder.") for k in keys)
+        and any(k.startswith(("quant_conv", "post_quant_conv")) for k in keys)
+    )
+
+
+def _probe_main_folder(folder: Path) -> Probe:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{folder.name}: unreadable diffusers model config ({exc})") from None
+    pipeline = index.get("_class_name", "")
+    if "XL" in pipeline:
+        base: BaseName = "sdxl"
+    else:
+        base = _base_from_context_dim(int(unet.get("cross_attention_dim", 0)), folder.name)
+    for weights in folder.rglob("*"):
+        if weights.is_file() and weights.suffix.lower() in PICKLE_SUFFIXES:
+            load_state_dict(weights)  # refuse folders whose pickles are not plain weights
+    metadata = {"pipeline": pipeline} if pipeline else {}
+    return Probe(
+        type="main",
+        base=base,
+        format="diffusers",
+        hash=hash_folder(folder),
+        weights=folder,
+        metadata=metadata,
+    )

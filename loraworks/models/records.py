@@ -1,0 +1,79 @@
+"""Typed records the manager hands out: installed models, scan outcomes, gallery images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+ModelType = Literal["main", "lora", "vae"]
+BaseName = Literal["sd1", "sd2", "sdxl"]
+Status = Literal["ok", "missing", "error"]
+
+# Fields a user may edit; an edited field is never overwritten by a rescan.
+EDITABLE_FIELDS = ("name", "trigger_words", "default_weight", "description")
+
+
+class ModelRecord(BaseModel):
+    """One installed (or drop-folder) model as stored in SQLite."""
+
+    key: str
+    name: str
+    type: ModelType
+    base: BaseName | None  # None only for records in `error` whose base could not be read
+    format: str
+    path: Path
+    in_place: bool
+    hash: str | None
+    size: int
+    source: str
+    trigger_words: list[str] = []
+    default_weight: float | None = None
+    is_lcm: bool = False
+    description: str = ""
+    metadata: dict[str, Any] = {}
+    preview_path: Path | None = None
+    status: Status = "ok"
+    error: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class ImageRecord(BaseModel):
+    """A generated image in the gallery; `recipe` is what re-creates it."""
+
+    id: int
+    path: Path
+    recipe: dict[str, Any]
+    created_at: str
+
+
+@dataclass
+class Duplicate:
+    """A drop-folder file skipped because the same content is already installed."""
+
+    path: Path
+    existing_key: str
+    existing_name: str
+
+    @property
+    def message(self) -> str:
+        return f"skipped {self.path}: same content as installed model '{self.existing_name}'"
+
+
+@dataclass
+class ScanReport:
+    """What one autoimport scan changed; `unchanged` counts files skipped by size+mtime."""
+
+    added: list[ModelRecord] = field(default_factory=list)
+    updated: list[ModelRecord] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    missing: list[ModelRecord] = field(default_factory=list)
+    errors: list[ModelRecord] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.duplicates or self.missing or self.errors)

@@ -1,0 +1,67 @@
+"""Installing from a URL or a Hugging Face repo id: fetched into the root's cache, then
+installed like a local path. Offline, the user gets one clear sentence."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from loraworks.models.errors import ModelError
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+_DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.png"]
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(("http://", "https://")) or bool(_REPO_ID.fullmatch(source))
+
+
+@contextmanager
+def fetch_remote(source: str, cache: Path) -> Iterator[Path]:
+    """Yield a local copy of `source`, deleted afterwards (the install copies it)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="download-", dir=cache))
+    try:
+        if source.startswith(("http://", "https://")):
+            yield _download_url(source, tmp)
+        else:
+            yield _download_repo(source, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_url(url: str, folder: Path) -> Path:
+    import httpx
+
+    name = url.split("?")[0].rstrip("/").split("/")[-1] or "download.safetensors"
+    target = folder / re.sub(r"[^\w.+-]", "-", name)
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=30) as response:
+            response.raise_for_status()
+            with target.open("wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+    except httpx.HTTPError as exc:
+        raise ModelError(f"cannot download {url}: {exc} (is there a network?)") from None
+    return target
+
+
+def _download_repo(repo_id: str, folder: Path) -> Path:
+    hint = f"'{repo_id}' is not a local path"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelError(f"{hint}, and Hugging Face downloads are off (HF_HUB_OFFLINE=1)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, local_dir=folder, allow_patterns=_DOWNLOAD_PATTERNS)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{hint}, and it cannot be fetched from Hugging Face: {reason} (is there a network?)"
+        ) from None
+    return folder
