@@ -1,0 +1,98 @@
+"""Prompt → UNet conditioning for SD1/SD2 (one CLIP) and SDXL (two CLIPs, pooled embeds and
+size ids), computed the way diffusers' pipelines do so our images match theirs.
+
+With guidance the unconditional half comes first in the batch (`[uncond, cond]`); without it
+the negative prompt is not encoded at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # [1 or 2, tokens, dim]
+    added: dict[str, torch.Tensor] | None  # SDXL `added_cond_kwargs`, batched like `embeds`
+    truncated: list[str] = field(default_factory=list)  # prompt text CLIP could not see
+
+
+def is_sdxl(pipe: Any) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _tokens(tokenizer: Any, text: str, length: int) -> torch.Tensor:
+    return tokenizer(
+        text, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def _truncated_text(tokenizer: Any, text: str) -> str | None:
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    limit = tokenizer.model_max_length
+    if len(ids) <= limit:
+        return None
+    return tokenizer.decode(ids[limit - 1 : -1])
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def _encode_sd(pipe: Any, text: str) -> torch.Tensor:
+    te = pipe.text_encoder
+    ids = _tokens(pipe.tokenizer, text, pipe.tokenizer.model_max_length)
+    return te(ids.to(_device(te)))[0]
+
+
+@torch.no_grad()
+def _encode_sdxl(pipe: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden, pooled = [], None
+    for tokenizer, te in (
+        (pipe.tokenizer, pipe.text_encoder),
+        (pipe.tokenizer_2, pipe.text_encoder_2),
+    ):
+        out = te(
+            _tokens(tokenizer, text, tokenizer.model_max_length).to(_device(te)),
+            output_hidden_states=True,
+        )
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    assert pooled is not None, "SDXL text_encoder_2 must be a CLIPTextModelWithProjection"
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompt(
+    pipe: Any, prompt: str, negative: str | None, guided: bool, width: int, height: int
+) -> Conditioning:
+    """Conditioning for one image. SDXL with no negative prompt uses zeros for the
+    unconditional embeds, as diffusers does (`force_zeros_for_empty_prompt`)."""
+    dtype = pipe.unet.dtype
+    device = pipe.unet.device
+    truncated = [t for t in [_truncated_text(pipe.tokenizer, prompt)] if t]
+    if not is_sdxl(pipe):
+        embeds = _encode_sd(pipe, prompt)
+        if guided:
+            embeds = torch.cat([_encode_sd(pipe, negative or ""), embeds])
+        return Conditioning(embeds.to(device, dtype), None, truncated)
+
+    embeds, pooled = _encode_sdxl(pipe, prompt)
+    if guided:
+        zeros = not negative and pipe.config.get("force_zeros_for_empty_prompt", True)
+        if zeros:
+            neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+        else:
+            neg_embeds, neg_pooled = _encode_sdxl(pipe, negative or "")
+        embeds = torch.cat([neg_embeds, embeds])
+        pooled = torch.cat([neg_pooled, pooled])
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
+    added = {
+        "text_embeds": pooled.to(device, dtype),
+        "time_ids": time_ids.repeat(embeds.shape[0], 1).to(device),
+    }
+    return Conditioning(embeds.to(device, dtype), added, truncated)

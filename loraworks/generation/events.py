@@ -1,0 +1,51 @@
+"""Per-step progress events. The preview is computed only when a listener reads it: a cheap
+linear latent→RGB map, no VAE pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from PIL import Image
+
+# Linear fits of the VAE decoder (per latent channel → RGB), as used by ComfyUI previews.
+_SD_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+_SDXL_RGB = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+_SDXL_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+def latent_preview(latents: torch.Tensor, sdxl: bool) -> Image.Image:
+    """A small (latent-sized, 1/8 of the image) RGB preview of the first latent in the batch."""
+    factors = torch.tensor(_SDXL_RGB if sdxl else _SD_RGB)
+    bias = torch.tensor(_SDXL_BIAS if sdxl else (0.0, 0.0, 0.0))
+    rgb = torch.einsum("chw,cr->hwr", latents[0, :4].float().cpu(), factors) + bias
+    array = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return Image.fromarray(array)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One finished denoise step of image `image` (0-based) out of `images`."""
+
+    step: int  # 1-based within this image
+    total: int  # steps per image
+    elapsed: float  # seconds since the generation started
+    image: int = 0
+    images: int = 1
+    latents: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    sdxl: bool = field(default=False, repr=False)
+
+    @cached_property
+    def preview(self) -> Image.Image | None:
+        return None if self.latents is None else latent_preview(self.latents, self.sdxl)

@@ -1,0 +1,57 @@
+"""One image from a loaded pipeline and fully resolved settings: no records, no LoRAs, no
+files. `api.generate` wraps this; tests call it directly on fixture pipelines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from loraworks.generation.conditioning import encode_prompt
+from loraworks.generation.denoise import DenoiseJob, StepCallback, decode, denoise
+from loraworks.generation.schedulers import build_scheduler
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Settings with every default already applied (see `presets.resolve_settings`)."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    scheduler: str
+    seed: int
+    init_image: Path | None = None
+    strength: float = 1.0
+
+
+@dataclass
+class Rendered:
+    image: Image.Image
+    latents: torch.Tensor
+    warnings: list[str]
+
+
+def render(pipe: Any, s: RenderSettings, on_step: StepCallback | None = None) -> Rendered:
+    guided = s.cfg > 1.0
+    cond = encode_prompt(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height)
+    warnings = [f"prompt too long for CLIP (77 tokens); ignored: {t!r}" for t in cond.truncated]
+    init = Image.open(s.init_image) if s.init_image is not None else None
+    job = DenoiseJob(
+        scheduler=build_scheduler(s.scheduler, pipe.scheduler.config),
+        steps=s.steps,
+        cfg=s.cfg,
+        width=s.width,
+        height=s.height,
+        generator=torch.Generator("cpu").manual_seed(s.seed),
+        init_image=init,
+        strength=s.strength,
+    )
+    latents = denoise(pipe, cond, job, on_step)
+    return Rendered(decode(pipe.vae, latents), latents, warnings)

@@ -1,0 +1,74 @@
+"""`GenerateRequest`: the one request shape shared by the CLI, the API queue and tests.
+
+Fields a preset or the config may fill are left `None` here, so that "unset" stays
+distinguishable from "set to the default" until `presets.resolve_settings` runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loraworks.generation.schedulers import SchedulerName
+
+MAX_PROMPT_CHARS = 4000
+MAX_SIDE = 4096
+MAX_BATCH = 64
+MAX_SEED = 2**32 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentWeights(_Strict):
+    """Per-component LoRA strength; a component left out is not patched (weight 0)."""
+
+    unet: float = 0.0
+    text_encoder: float = 0.0
+    text_encoder_2: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+class LoRASpec(_Strict):
+    """One LoRA of the stack: a record name or key and its weight (None: preset/default)."""
+
+    name: str = Field(min_length=1)
+    weight: float | ComponentWeights | None = None
+
+
+class GenerateRequest(_Strict):
+    model: str = Field(min_length=1, description="main model record name or key")
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    width: int | None = Field(None, ge=64, le=MAX_SIDE)
+    height: int | None = Field(None, ge=64, le=MAX_SIDE)
+    steps: int | None = Field(None, ge=1, le=1000)
+    cfg: float | None = Field(None, ge=0.0, le=50.0)
+    scheduler: SchedulerName | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image i gets seed + i")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    loras: list[LoRASpec] = Field(default_factory=list)
+    init_image: Path | None = None
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    preset: Literal["lcm"] | None = None
+    append_trigger_words: bool = False
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (got {value}; try {value // 8 * 8})")
+        return value
+
+    @model_validator(mode="after")
+    def _img2img_fields(self) -> GenerateRequest:
+        if self.strength is not None and self.init_image is None:
+            raise ValueError("strength only applies with an init_image (img2img)")
+        if self.init_image is not None and not self.init_image.is_file():
+            raise ValueError(f"init image not found: {self.init_image}")
+        return self
