@@ -24,6 +24,7 @@ def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
     if record.base != "sdxl":
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
+        kwargs.setdefault("feature_extractor", None)
     try:
         if record.format == "diffusers":
             return cls.from_pretrained(str(record.path), local_files_only=True, **kwargs)
