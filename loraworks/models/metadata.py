@@ -51,7 +51,11 @@ def triggers_from_tag_frequency(raw: str) -> list[str]:
                 if isinstance(count, int | float):
                     counts[str(tag).strip()] += count
     counts.pop("", None)
-    return [tag for tag, _ in counts.most_common(MAX_TAG_TRIGGERS)]
+    if not counts:
+        return []
+    # A trigger word is captioned on every image: keep the tags tied for the top count.
+    top = max(counts.values())
+    return [tag for tag, count in counts.most_common(MAX_TAG_TRIGGERS) if count == top]
 
 
 def sidecar_base(weights: Path, model_path: Path) -> Path:

@@ -164,15 +164,17 @@ def _probe_lora_folder(folder: Path) -> Probe:
     else:
         file_metadata(weights)
         source = folder
-    return _lora_probe(_load_with_engine(source, folder.name), weights, folder.name)
+    # The record names the container (what the user installed): a diffusers or PEFT folder.
+    container = "peft" if weights.name in PEFT_LORA_FILES else "diffusers"
+    return _lora_probe(_load_with_engine(source, folder.name), weights, folder.name, container)
 
 
-def _lora_probe(parsed: Any, weights: Path, name: str) -> Probe:
+def _lora_probe(parsed: Any, weights: Path, name: str, container: str | None = None) -> Probe:
     metadata = dict(parsed.metadata or {})
     return Probe(
         type="lora",
         base=parsed.base,
-        format=parsed.format,
+        format=container or parsed.format,
         hash=hash_file(weights),
         weights=weights,
         is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),

@@ -1,0 +1,280 @@
+"""`loraworks models …`: list, show, install, remove, edit and rescan models.
+
+Every command opens the root (which rescans the drop folders) and reports what that scan
+found on stderr. Errors are one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+models_app = typer.Typer(no_args_is_help=True, help="Installed models and the autoimport folders.")
+out = Console()
+err = Console(stderr=True)
+
+RootOption = typer.Option(
+    None, "--root", help="models root (default: $LORAWORKS_ROOT or ~/loraworks)"
+)
+JsonOption = typer.Option(False, "--json", help="machine-readable output")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+
+
+@contextmanager
+def _manager(root: Path | None, quiet: bool = False) -> Iterator[Any]:
+    """Open the root, print what its scan found, and turn errors into one clean line."""
+    from loraworks.models import ModelError, ModelManager
+
+    try:
+        mm = ModelManager.open(root)
+    except (ModelError, OSError) as exc:
+        _fail(str(exc))
+    try:
+        if not quiet:
+            _print_scan(mm.last_scan)
+        yield mm
+    except typer.Exit:
+        raise
+    except (ModelError, OSError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a bug, still reported as one line rather than a traceback
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
+    finally:
+        mm.close()
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _print_scan(report) -> None:
+    for record in report.added:
+        err.print(
+            f"added {record.type} '{record.name}' ({record.base}) from {record.path}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    for dup in report.duplicates:
+        err.print(dup.message, highlight=False, markup=False, soft_wrap=True)
+    for record in report.missing:
+        err.print(
+            f"missing: '{record.name}' ({record.path} is gone)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    for record in report.errors:
+        err.print(
+            f"cannot use {record.path}: {record.error}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _dump(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _status(record) -> str:
+    if record.status == "ok":
+        return "ok"
+    return f"{record.status}: {record.error}" if record.error else record.status
+
+
+@models_app.command("list")
+def list_models(
+    type: str | None = typer.Option(None, "--type", help="main | lora | vae"),
+    base: str | None = typer.Option(None, "--base", help="sd1 | sd2 | sdxl"),
+    as_json: bool = JsonOption,
+    root: Path | None = RootOption,
+) -> None:
+    """List models with their base, format, LCM flag, trigger words and status."""
+    with _manager(root, quiet=as_json) as mm:
+        records = mm.list(type=type, base=base)
+        if as_json:
+            _dump([r.model_dump(mode="json") for r in records])
+            return
+        table = Table(show_lines=False)
+        for column in (
+            "name",
+            "type",
+            "base",
+            "format",
+            "LCM",
+            "weight",
+            "trigger words",
+            "status",
+            "key",
+        ):
+            table.add_column(column, overflow="fold")
+        for r in records:
+            table.add_row(
+                r.name,
+                r.type,
+                r.base or "?",
+                r.format,
+                "yes" if r.is_lcm else "",
+                "" if r.default_weight is None else f"{r.default_weight:g}",
+                ", ".join(r.trigger_words),
+                _status(r),
+                r.key[:8],
+            )
+        out.print(table)
+        out.print(f"{len(records)} model(s) in {mm.root}", highlight=False)
+
+
+@models_app.command()
+def show(
+    name: str = typer.Argument(..., help="name or key"),
+    as_json: bool = JsonOption,
+    root: Path | None = RootOption,
+) -> None:
+    """Everything known about one model, including raw training metadata."""
+    with _manager(root, quiet=as_json) as mm:
+        record = mm.get(name)
+        if as_json:
+            _dump(record.model_dump(mode="json"))
+            return
+        table = Table(show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for field, value in record.model_dump().items():
+            if field == "metadata":
+                continue
+            if isinstance(value, list):
+                value = ", ".join(map(str, value))
+            table.add_row(field, "" if value is None else str(value))
+        for key, value in sorted(record.metadata.items()):
+            table.add_row(f"metadata.{key}", _short(str(value)))
+        out.print(table)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
+
+
+@models_app.command()
+def install(
+    source: str = typer.Argument(..., help="file, folder, URL or Hugging Face repo id"),
+    name: str | None = typer.Option(None, "--name", help="name to install under"),
+    in_place: bool = typer.Option(False, "--in-place", help="register without copying"),
+    type: str | None = typer.Option(None, "--type", help="main | lora | vae (default: detect)"),
+    as_json: bool = JsonOption,
+    root: Path | None = RootOption,
+) -> None:
+    """Install a model (copied into models/ unless --in-place)."""
+    with _manager(root, quiet=as_json) as mm:
+        before = {r.key for r in mm.list()}
+        record = mm.install(source, copy=not in_place, name=name, type=type)
+        if as_json:
+            _dump(record.model_dump(mode="json"))
+        elif record.key in before:
+            out.print(f"already installed as '{record.name}' (same content)", highlight=False)
+        else:
+            lcm = ", LCM" if record.is_lcm else ""
+            out.print(
+                f"installed {record.type} '{record.name}' ({record.base}, {record.format}{lcm}) "
+                f"key {record.key}",
+                highlight=False,
+            )
+
+
+@models_app.command()
+def remove(
+    name: str = typer.Argument(..., help="name or key"),
+    keep_file: bool = typer.Option(
+        False, "--keep-file", help="keep a drop-folder or in-place file on disk"
+    ),
+    root: Path | None = RootOption,
+) -> None:
+    """Forget a model; copies in models/ and drop-folder files are deleted."""
+    with _manager(root) as mm:
+        record = mm.get(name)
+        mm.remove(record.key, delete_files=False if keep_file else None)
+        out.print(f"removed '{record.name}'", highlight=False)
+
+
+@models_app.command()
+def edit(
+    name: str = typer.Argument(..., help="name or key"),
+    new_name: str | None = typer.Option(None, "--name", help="rename"),
+    triggers: str | None = typer.Option(None, "--triggers", help="comma-separated trigger words"),
+    weight: float | None = typer.Option(None, "--weight", help="default weight"),
+    clear_weight: bool = typer.Option(False, "--clear-weight", help="forget the default weight"),
+    description: str | None = typer.Option(None, "--description"),
+    as_json: bool = JsonOption,
+    root: Path | None = RootOption,
+) -> None:
+    """Change name, trigger words, default weight or description (kept across rescans)."""
+    from loraworks.models.metadata import split_words
+
+    changes: dict[str, Any] = {}
+    for key, value in (("name", new_name), ("description", description)):
+        if value is not None:
+            changes[key] = value
+    if triggers is not None:
+        changes["trigger_words"] = split_words(triggers)
+    if weight is not None:
+        changes["default_weight"] = weight
+    if clear_weight:
+        changes["default_weight"] = None
+    with _manager(root, quiet=as_json) as mm:
+        if not changes:
+            _fail("nothing to change: give --name, --triggers, --weight or --description")
+        record = mm.update(mm.get(name).key, **changes)
+        if as_json:
+            _dump(record.model_dump(mode="json"))
+        else:
+            out.print(f"updated '{record.name}'", highlight=False)
+
+
+@models_app.command()
+def scan(
+    full: bool = typer.Option(False, "--full", help="re-read unchanged files too"),
+    as_json: bool = JsonOption,
+    root: Path | None = RootOption,
+) -> None:
+    """Rescan the autoimport folders and say what changed."""
+    with _manager(root, quiet=True) as mm:
+        first = mm.last_scan
+        report = mm.scan(full=True) if full else first
+        if as_json:
+            _dump(_report_json(report))
+            return
+        _print_scan(report)
+        out.print(
+            f"{len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.duplicates)} duplicate(s), {len(report.missing)} missing, "
+            f"{len(report.errors)} error(s), {report.unchanged} unchanged",
+            highlight=False,
+        )
+
+
+def _report_json(report) -> dict[str, Any]:
+    def records(items: list) -> list[dict]:
+        return [r.model_dump(mode="json") for r in items]
+
+    return {
+        "added": records(report.added),
+        "updated": records(report.updated),
+        "missing": records(report.missing),
+        "errors": records(report.errors),
+        "duplicates": [
+            {"path": str(d.path), "existing_key": d.existing_key, "existing_name": d.existing_name}
+            for d in report.duplicates
+        ],
+        "unchanged": report.unchanged,
+    }
