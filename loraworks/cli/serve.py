@@ -1,0 +1,62 @@
+"""`loraworks serve`: the HTTP API and web UI on one port, with the autoimport watcher."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve(
+    host: str | None = typer.Option(None, help="address to bind (config default 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port (config default 9090)"),
+    token: str | None = typer.Option(
+        None, envvar="LORAWORKS_TOKEN", help="require this bearer token on every request"
+    ),
+    root: Path | None = typer.Option(
+        None, help="models root (default: LORAWORKS_ROOT or ~/loraworks)"
+    ),
+) -> None:
+    """Serve the API (docs at /docs) and the web UI; new files in autoimport/ appear live."""
+    import uvicorn
+
+    from loraworks.models import ModelManager
+    from loraworks.server.app import create_app
+    from loraworks.server.auth import BindRefused, check_bind
+
+    manager = ModelManager.open(root)
+    settings = manager.config.server
+    host = host or settings.host
+    port = port or settings.port
+    token = token or settings.token
+    try:
+        check_bind(host, token)
+    except BindRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not _port_free(host, port):
+        typer.echo(f"error: cannot listen on {host}:{port}: the address is in use.", err=True)
+        raise typer.Exit(1)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    typer.echo(f"loraworks serving {manager.root}")
+    typer.echo(f"open {url}  (API docs: http://{shown}:{port}/docs)")
+    uvicorn.run(
+        create_app(manager, token=token, watch=True), host=host, port=port, log_level="warning"
+    )

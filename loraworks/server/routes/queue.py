@@ -1,0 +1,91 @@
+"""The generation queue: enqueue, list, status, cancel, and per-item progress events (SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from loraworks.generation.prompt import parse_prompt
+from loraworks.generation.request import GenerateRequest
+from loraworks.lora.errors import LoRABaseMismatch
+from loraworks.server.errors import ApiError
+from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
+from loraworks.server.state import ServerState, server_state
+
+router = APIRouter(prefix="/queue", tags=["queue"])
+State = Annotated[ServerState, Depends(server_state)]
+
+
+def check_request(state: ServerState, request: GenerateRequest) -> None:
+    """Refuse now what would fail later: unknown models, broken files, wrong-base LoRAs (also
+    those named by `<lora:...>` prompt tags), and init images outside the root (the API must
+    not read arbitrary files)."""
+    manager = state.manager
+    main = manager.get(request.model, type="main")
+    if main.status != "ok":
+        raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
+    for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
+        lora = manager.get(spec.name, type="lora")
+        if lora.status != "ok":
+            raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
+        if lora.base != main.base:
+            raise LoRABaseMismatch(lora.base or "unknown", main.base or "unknown", lora.name)
+    if request.init_image is not None:
+        root = manager.root.resolve()
+        if not Path(request.init_image).resolve().is_relative_to(root):
+            raise ApiError(403, f"init_image must be a file under the models root ({root}).")
+
+
+def _item(state: ServerState, item_id: str) -> QueueItem:
+    try:
+        return state.queue.get(item_id)
+    except QueueItemNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+@router.post("", status_code=202)
+def enqueue(request: GenerateRequest, state: State) -> QueueItem:
+    """Queue a generation (the same request shape as `loraworks.generation.generate`)."""
+    check_request(state, request)
+    return state.queue.submit(request)
+
+
+@router.get("")
+def list_queue(state: State) -> list[QueueItem]:
+    """Queued, running and recently finished items, oldest first."""
+    return state.queue.list()
+
+
+@router.get("/{item_id}")
+def get_item(item_id: str, state: State) -> QueueItem:
+    return _item(state, item_id)
+
+
+@router.post("/{item_id}/cancel")
+def cancel_item(item_id: str, state: State) -> QueueItem:
+    """A queued item is dropped at once; a running one stops after its current step."""
+    try:
+        return state.queue.cancel(item_id)
+    except QueueItemNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except QueueItemFinished as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+def _existing_item_id(item_id: str, state: State) -> str:
+    """Dependency: a 404 before the event stream starts, not an empty stream."""
+    return _item(state, item_id).id
+
+
+@router.get("/{item_id}/events", response_class=EventSourceResponse)
+async def item_events(
+    item_id: Annotated[str, Depends(_existing_item_id)], state: State
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events: `queued`, `started`, `step` (step/total), then one of `done`
+    (images), `failed` (message) or `cancelled`; the stream ends after that."""
+    async for event in state.bus.follow(item_id):
+        yield ServerSentEvent(event=event.type, data=event)

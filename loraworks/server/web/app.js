@@ -1,0 +1,491 @@
+// loraworks web UI: plain JS over the HTTP API (/docs). No framework, nothing fetched from
+// outside this server.
+"use strict";
+
+const TOKEN = new URLSearchParams(location.search).get("token");
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  settings: null,
+  mains: [],        // main model records
+  loras: [],        // LoRA records
+  stack: [],        // [{key, name, weight, is_lcm}]
+  galleryOffset: 0,
+  images: new Map(), // id -> gallery item (with recipe)
+  selected: null,   // selected image id
+  current: null,    // queue item id being followed
+  events: null,     // its EventSource
+};
+
+// --- API helpers --------------------------------------------------------------------------
+
+function withToken(url) {
+  if (!TOKEN) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = {};
+  if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+function notice(message, ok = false) {
+  const box = $("#notice");
+  box.textContent = message;
+  box.classList.toggle("ok", ok);
+  box.hidden = !message;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+const BASE_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
+const baseLabel = (base) => BASE_LABEL[base] || base || "unknown base";
+
+// --- models and settings ------------------------------------------------------------------
+
+async function loadSettings() {
+  state.settings = await api("/api/settings");
+  const gen = state.settings.generation;
+  const select = $("#scheduler");
+  select.replaceChildren(el("option", { value: "" }, `default (${gen.scheduler})`));
+  for (const name of state.settings.schedulers) select.append(el("option", { value: name }, name));
+  $("#width").placeholder = gen.width;
+  $("#height").placeholder = gen.height;
+  $("#steps").placeholder = gen.steps;
+  $("#cfg").placeholder = gen.cfg;
+}
+
+async function loadModels() {
+  const all = await api("/api/models");
+  state.mains = all.filter((m) => m.type === "main");
+  state.loras = all.filter((m) => m.type === "lora");
+  const select = $("#model");
+  const previous = select.value;
+  select.replaceChildren(
+    ...state.mains.map((m) =>
+      el("option", { value: m.key, disabled: m.status !== "ok" },
+         `${m.name} (${baseLabel(m.base)})${m.status === "ok" ? "" : " — " + m.status}`)),
+  );
+  if (!state.mains.length) select.append(el("option", { value: "" }, "no main model installed"));
+  if (state.mains.some((m) => m.key === previous)) select.value = previous;
+  renderCards();
+  renderStack();
+  renderModelsTable(all);
+}
+
+const currentModel = () => state.mains.find((m) => m.key === $("#model").value);
+
+function incompatibility(lora) {
+  const model = currentModel();
+  if (lora.status !== "ok") return lora.error || `file is ${lora.status}`;
+  if (!model) return "pick a main model first";
+  if (lora.base !== model.base) {
+    return `${baseLabel(lora.base)} LoRA; the model is ${baseLabel(model.base)}`;
+  }
+  return null;
+}
+
+// --- LoRA cards and stack -----------------------------------------------------------------
+
+function insertTrigger(word) {
+  const prompt = $("#prompt");
+  const text = prompt.value;
+  if (text.split(/[\s,]+/).includes(word)) return;
+  const at = prompt.selectionStart ?? text.length;
+  const before = text.slice(0, at).replace(/[\s,]*$/, "");
+  const after = text.slice(at).replace(/^[\s,]*/, "");
+  prompt.value = [before, word, after].filter(Boolean).join(", ");
+  prompt.focus();
+}
+
+function triggerChips(lora) {
+  return el("div", { class: "triggers" },
+    ...lora.trigger_words.map((word) =>
+      el("button", { type: "button", class: "trigger", title: "insert into the prompt",
+                     "data-testid": "trigger-word", onclick: () => insertTrigger(word) }, word)));
+}
+
+function renderCards() {
+  const query = $("#lora-search").value.trim().toLowerCase();
+  const matches = state.loras.filter((l) =>
+    !query || l.name.toLowerCase().includes(query) ||
+    l.trigger_words.some((w) => w.toLowerCase().includes(query)));
+  // compatible first, then by name
+  matches.sort((a, b) => (!!incompatibility(a) - !!incompatibility(b)) || a.name.localeCompare(b.name));
+  const cards = matches.map((lora) => {
+    const reason = incompatibility(lora);
+    const picked = state.stack.some((s) => s.key === lora.key);
+    const thumb = lora.preview_url
+      ? el("img", { src: withToken(lora.preview_url), alt: "", loading: "lazy" })
+      : document.createTextNode("◇");
+    return el("div", {
+      class: "card" + (reason ? " incompatible" : "") + (picked ? " picked" : ""),
+      "data-testid": "lora-card", dataset: { key: lora.key, name: lora.name },
+      title: reason || lora.description || lora.name,
+    },
+      el("div", { class: "thumb" }, thumb),
+      el("div", { class: "body" },
+        el("div", { class: "title" }, lora.name),
+        el("div", { class: "badges" },
+          el("span", { class: "badge" }, baseLabel(lora.base)),
+          el("span", { class: "badge" }, lora.format),
+          lora.is_lcm ? el("span", { class: "badge lcm", "data-testid": "lcm-badge" }, "LCM") : null,
+          lora.status !== "ok" ? el("span", { class: "badge error" }, lora.status) : null),
+        reason ? el("div", { class: "reason", "data-testid": "incompatible-reason" }, reason) : null,
+        triggerChips(lora),
+        el("button", { type: "button", "data-testid": "add-lora", disabled: !!reason || picked,
+                       onclick: () => addLora(lora) }, picked ? "Added" : "Add")));
+  });
+  const container = $("#lora-cards");
+  container.replaceChildren(...cards);
+  if (!cards.length) {
+    container.append(el("p", { class: "muted" },
+      state.loras.length ? "No LoRA matches the search." : "No LoRA installed yet: drop files into autoimport/lora."));
+  }
+}
+
+function defaultWeight(lora) {
+  return lora.default_weight ?? state.settings.generation.lora_weight;
+}
+
+function addLora(lora) {
+  if (state.stack.some((s) => s.key === lora.key)) return;
+  state.stack.push({ key: lora.key, name: lora.name, weight: defaultWeight(lora), is_lcm: lora.is_lcm });
+  renderStack();
+  renderCards();
+}
+
+function removeLora(key) {
+  state.stack = state.stack.filter((s) => s.key !== key);
+  renderStack();
+  renderCards();
+}
+
+function renderStack() {
+  // A LoRA that no longer fits the chosen model (or was deleted) leaves the stack, with a note.
+  const dropped = state.stack.filter((s) => {
+    const lora = state.loras.find((l) => l.key === s.key);
+    return !lora || incompatibility(lora);
+  });
+  if (dropped.length) {
+    state.stack = state.stack.filter((s) => !dropped.includes(s));
+    notice(`Removed from the stack (does not fit this model): ${dropped.map((s) => s.name).join(", ")}`);
+  }
+  const rows = state.stack.map((entry) => {
+    const slider = el("input", { type: "range", min: -2, max: 2, step: 0.05, value: entry.weight,
+                                 "aria-label": `${entry.name} weight`, "data-testid": "weight-slider" });
+    const number = el("input", { type: "number", step: "any", value: entry.weight,
+                                 "aria-label": `${entry.name} weight value`, "data-testid": "weight-number" });
+    slider.addEventListener("input", () => { entry.weight = Number(slider.value); number.value = slider.value; });
+    number.addEventListener("input", () => {
+      if (number.value === "" || Number.isNaN(Number(number.value))) return;
+      entry.weight = Number(number.value);
+      slider.value = Math.max(-2, Math.min(2, entry.weight));
+    });
+    return el("div", { class: "stack-row", "data-testid": "stack-row", dataset: { key: entry.key, name: entry.name } },
+      el("span", { class: "name", title: entry.name }, entry.name,
+         entry.is_lcm ? el("span", { class: "badge lcm" }, " LCM") : null),
+      slider, number,
+      el("button", { type: "button", title: "remove", "data-testid": "remove-lora",
+                     onclick: () => removeLora(entry.key) }, "✕"));
+  });
+  const stack = $("#lora-stack");
+  stack.replaceChildren(...rows);
+  if (!rows.length) stack.append(el("p", { class: "muted empty" }, "No LoRA picked. Add one from the cards below."));
+  $("#lcm-offer").hidden = !state.stack.some((s) => s.is_lcm);
+}
+
+function applyLcmSettings() {
+  const lcm = state.settings.lcm;
+  $("#scheduler").value = lcm.scheduler;
+  $("#steps").value = lcm.steps;
+  $("#cfg").value = lcm.cfg;
+  for (const entry of state.stack) entry.weight = entry.is_lcm ? lcm.lcm_lora_weight : lcm.other_lora_weight;
+  renderStack();
+}
+
+// --- generation and progress --------------------------------------------------------------
+
+function numberField(id) {
+  const value = $(id).value;
+  return value === "" ? undefined : Number(value);
+}
+
+function buildRequest() {
+  const request = {
+    model: $("#model").value,
+    prompt: $("#prompt").value,
+    batch_size: numberField("#batch") ?? 1,
+    loras: state.stack.map((s) => ({ name: s.key, weight: s.weight })),
+    append_trigger_words: $("#append-triggers").checked,
+  };
+  const optional = {
+    negative_prompt: $("#negative").value || undefined,
+    width: numberField("#width"), height: numberField("#height"), steps: numberField("#steps"),
+    cfg: numberField("#cfg"), seed: numberField("#seed"), scheduler: $("#scheduler").value || undefined,
+  };
+  for (const [key, value] of Object.entries(optional)) if (value !== undefined) request[key] = value;
+  return request;
+}
+
+function setProgress(fraction, text) {
+  const bar = $("#progress-bar");
+  const percent = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
+  bar.style.width = percent + "%";
+  bar.setAttribute("aria-valuenow", percent);
+  $("#progress-text").textContent = text;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  notice("");
+  try {
+    const item = await api("/api/queue", { method: "POST", body: buildRequest() });
+    follow(item.id);
+  } catch (error) {
+    notice(error.message);
+  }
+}
+
+function follow(itemId) {
+  if (state.events) state.events.close();
+  state.current = itemId;
+  setProgress(0, "Queued…");
+  $("#cancel").hidden = false;
+  const source = new EventSource(withToken(`/api/queue/${itemId}/events`));
+  state.events = source;
+  const finish = () => { source.close(); state.events = null; $("#cancel").hidden = true; refreshQueueStatus(); };
+  source.addEventListener("queued", () => { setProgress(0, "Queued…"); refreshQueueStatus(); });
+  source.addEventListener("started", () => { setProgress(0, "Started…"); refreshQueueStatus(); });
+  source.addEventListener("step", (e) => {
+    const data = JSON.parse(e.data);
+    setProgress(data.step / data.total, `step ${data.step}/${data.total}`);
+    $("#progress-bar").dataset.step = data.step;
+  });
+  source.addEventListener("done", async (e) => {
+    const data = JSON.parse(e.data);
+    finish();
+    setProgress(1, `Done: ${data.images.length} image(s).`);
+    for (const warning of data.warnings) notice(warning, true);
+    await loadGallery(true);
+    if (data.images.length) selectImage(data.images[0].id);
+  });
+  source.addEventListener("failed", (e) => {
+    finish();
+    const data = JSON.parse(e.data);
+    setProgress(0, "Failed.");
+    notice(data.message);
+  });
+  source.addEventListener("cancelled", () => { finish(); setProgress(0, "Cancelled."); });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) { finish(); notice("Lost the connection to the server."); }
+  };
+}
+
+async function cancelCurrent() {
+  if (!state.current) return;
+  try { await api(`/api/queue/${state.current}/cancel`, { method: "POST" }); }
+  catch (error) { notice(error.message); }
+}
+
+async function refreshQueueStatus() {
+  try {
+    const items = await api("/api/queue");
+    const queued = items.filter((i) => i.status === "queued").length;
+    const running = items.some((i) => i.status === "running");
+    $("#queue-status").textContent = running || queued ? `${running ? "1 running" : "idle"} · ${queued} queued` : "";
+  } catch { /* the next refresh will tell */ }
+}
+
+// --- gallery and recipes ------------------------------------------------------------------
+
+async function loadGallery(reset) {
+  if (reset) { state.galleryOffset = 0; state.images.clear(); $("#gallery").replaceChildren(); }
+  const page = await api(`/api/images?offset=${state.galleryOffset}&limit=24`);
+  state.galleryOffset += page.items.length;
+  for (const image of page.items) {
+    state.images.set(image.id, image);
+    $("#gallery").append(el("button", {
+      type: "button", "data-testid": "gallery-item", dataset: { id: image.id },
+      title: image.recipe.prompt || "", onclick: () => selectImage(image.id),
+    }, el("img", { src: withToken(image.url), alt: image.recipe.prompt || "image", loading: "lazy" })));
+  }
+  $("#gallery-more").hidden = !page.has_more;
+  if (!state.images.size) $("#gallery").append(el("p", { class: "muted" }, "No images yet."));
+}
+
+function loraWeightText(weight) {
+  if (typeof weight === "number") return String(weight);
+  return Object.entries(weight).map(([part, w]) => `${part} ${w}`).join(", ");
+}
+
+const recipeModelName = (recipe) =>
+  typeof recipe.model === "object" && recipe.model ? recipe.model.name : recipe.model;
+
+function selectImage(id) {
+  const image = state.images.get(id);
+  if (!image) return;
+  state.selected = id;
+  for (const button of $("#gallery").children) button.classList.toggle("selected", button.dataset.id === String(id));
+  const recipe = image.recipe;
+  $("#image-detail").hidden = false;
+  $("#detail-id").textContent = `#${id}`;
+  $("#detail-img").src = withToken(image.url);
+  const rows = [
+    ["model", recipeModelName(recipe)], ["prompt", recipe.prompt], ["negative", recipe.negative_prompt],
+    ["seed", recipe.seed], ["steps", recipe.steps], ["CFG", recipe.cfg], ["scheduler", recipe.scheduler],
+    ["size", recipe.width && `${recipe.width}×${recipe.height}`], ["created", image.created_at],
+  ];
+  $("#recipe").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, String(v))]));
+  $("#recipe-loras").replaceChildren(...(recipe.loras || []).map((l) =>
+    el("li", { "data-testid": "recipe-lora", dataset: { name: l.name, weight: JSON.stringify(l.weight) } },
+       `${l.name} @ ${loraWeightText(l.weight)}`)));
+}
+
+function useSettings() {
+  const recipe = state.images.get(state.selected)?.recipe;
+  if (!recipe) return;
+  const model = state.mains.find((m) => m.key === recipe.model?.key) || state.mains.find((m) => m.name === recipeModelName(recipe));
+  if (model) $("#model").value = model.key;
+  $("#prompt").value = recipe.prompt ?? "";
+  $("#negative").value = recipe.negative_prompt ?? "";
+  for (const [id, key] of [["#width", "width"], ["#height", "height"], ["#steps", "steps"], ["#cfg", "cfg"], ["#seed", "seed"]]) {
+    $(id).value = recipe[key] ?? "";
+  }
+  $("#scheduler").value = recipe.scheduler ?? "";
+  const missing = [];
+  state.stack = [];
+  for (const used of recipe.loras || []) {
+    const lora = state.loras.find((l) => l.key === used.key) || state.loras.find((l) => l.name === used.name);
+    if (!lora || typeof used.weight !== "number") { missing.push(used.name); continue; }
+    state.stack.push({ key: lora.key, name: lora.name, weight: used.weight, is_lcm: lora.is_lcm });
+  }
+  renderStack();
+  renderCards();
+  notice(missing.length ? `Not restored (not installed or per-component weight): ${missing.join(", ")}` : "Settings restored.", !missing.length);
+}
+
+async function deleteSelected() {
+  if (state.selected === null) return;
+  try {
+    await api(`/api/images/${state.selected}`, { method: "DELETE" });
+    state.selected = null;
+    $("#image-detail").hidden = true;
+    await loadGallery(true);
+  } catch (error) {
+    notice(error.message);
+  }
+}
+
+// --- models page --------------------------------------------------------------------------
+
+function renderModelsTable(models) {
+  const rows = models.map((m) => {
+    const triggers = el("input", { type: "text", value: m.trigger_words.join(", "), "data-testid": "edit-triggers" });
+    const weight = el("input", { type: "number", step: "any", value: m.default_weight ?? "", "data-testid": "edit-weight" });
+    const save = async () => {
+      try {
+        const words = triggers.value.split(",").map((w) => w.trim()).filter(Boolean);
+        const body = { trigger_words: words, default_weight: weight.value === "" ? null : Number(weight.value) };
+        await api(`/api/models/${m.key}`, { method: "PATCH", body });
+        $("#models-message").textContent = `Saved ${m.name}.`;
+        await loadModels();
+      } catch (error) { $("#models-message").textContent = error.message; }
+    };
+    const remove = async () => {
+      if (!confirm(`Remove ${m.name}?`)) return;
+      try { await api(`/api/models/${m.key}`, { method: "DELETE" }); await loadModels(); }
+      catch (error) { $("#models-message").textContent = error.message; }
+    };
+    const editable = m.type === "lora";
+    return el("tr", { "data-testid": "model-row", dataset: { key: m.key, name: m.name } },
+      el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm" }, " LCM") : null),
+      el("td", {}, m.type), el("td", {}, baseLabel(m.base)), el("td", {}, m.format),
+      el("td", { class: `status-${m.status}`, "data-testid": "model-status" }, m.status === "ok" ? "ok" : `${m.status}: ${m.error || ""}`),
+      el("td", {}, editable ? triggers : ""), el("td", {}, editable ? weight : ""),
+      el("td", { class: "row" },
+        editable ? el("button", { type: "button", "data-testid": "save-model", onclick: save }, "Save") : null,
+        el("button", { type: "button", class: "danger", "data-testid": "delete-model", onclick: remove }, "Remove")));
+  });
+  $("#models-body").replaceChildren(...rows);
+}
+
+async function install(event) {
+  event.preventDefault();
+  const message = $("#models-message");
+  message.textContent = "Installing…";
+  try {
+    const record = await api("/api/models/install", {
+      method: "POST", body: { source: $("#install-source").value.trim(), copy_into_root: $("#install-copy").checked },
+    });
+    message.textContent = `Installed ${record.name} (${record.type}, ${baseLabel(record.base)}, ${record.format}).`;
+    await loadModels();
+  } catch (error) { message.textContent = error.message; }
+}
+
+async function rescan() {
+  const message = $("#models-message");
+  message.textContent = "Scanning…";
+  try {
+    const report = await api("/api/models/scan", { method: "POST" });
+    const parts = [
+      report.added.length && `added ${report.added.join(", ")}`,
+      report.missing.length && `missing ${report.missing.join(", ")}`,
+      ...report.duplicates, ...report.errors.map((e) => `error: ${e}`),
+    ].filter(Boolean);
+    message.textContent = parts.length ? parts.join("; ") : `Nothing changed (${report.unchanged} files unchanged).`;
+    await loadModels();
+  } catch (error) { message.textContent = error.message; }
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+function showPage(name) {
+  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.page === name);
+  $("#page-generate").hidden = name !== "generate";
+  $("#page-models").hidden = name !== "models";
+  loadModels().catch((error) => notice(error.message));
+}
+
+async function start() {
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showPage(tab.dataset.page));
+  $("#gen-form").addEventListener("submit", submit);
+  $("#model").addEventListener("change", () => { renderCards(); renderStack(); });
+  $("#lora-search").addEventListener("input", renderCards);
+  $("#apply-lcm").addEventListener("click", applyLcmSettings);
+  $("#cancel").addEventListener("click", cancelCurrent);
+  $("#use-settings").addEventListener("click", useSettings);
+  $("#delete-image").addEventListener("click", deleteSelected);
+  $("#gallery-more").addEventListener("click", () => loadGallery(false));
+  $("#install-form").addEventListener("submit", install);
+  $("#rescan").addEventListener("click", rescan);
+  try {
+    await loadSettings();
+    await loadModels();
+    await loadGallery(true);
+    await refreshQueueStatus();
+    document.body.dataset.ready = "1";
+  } catch (error) {
+    notice(error.message);
+  }
+}
+
+start();

@@ -1,0 +1,136 @@
+"""Queue endpoints and progress events, with a fake `generate` standing in for the model."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from loraworks.server import create_app
+from tests.server.sse import read_events
+
+
+def _enqueue(client, **fields):
+    body = {"model": "tiny-sd1", "prompt": "a red circle", **fields}
+    response = client.post("/api/queue", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_enqueue_runs_and_streams_queued_started_steps_done(client, fake_generate):
+    item = _enqueue(client, loras=[{"name": "ink", "weight": 0.8}], batch_size=2)
+    events = read_events(client, item["id"])
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
+    steps = [(e["step"], e["total"]) for e in events if e["event"] == "step"]
+    # a late reader gets only the last step of the replay; either way progress ends at 6/6
+    assert steps[-1] == (6, 6)
+    assert all(e["type"] == e["event"] and e["item_id"] == item["id"] for e in events)
+    done = events[-1]
+    assert len(done["images"]) == 2 and done["warnings"] == ["a fake warning"]
+    assert fake_generate.calls[0].loras[0].name == "ink"
+    status = client.get(f"/api/queue/{item['id']}").json()
+    assert status["status"] == "done" and status["step"] == 6 and status["total"] == 6
+    assert [i["id"] for i in status["images"]] == [i["id"] for i in done["images"]]
+
+
+def test_a_live_reader_sees_every_step(manager, fake_generate):
+    fake_generate.gate.clear()  # hold the worker until the stream is open
+    with TestClient(create_app(manager, generate=fake_generate)) as client:
+        item = _enqueue(client)
+        fake_generate.gate.set()
+        events = read_events(client, item["id"])
+    assert [e["step"] for e in events if e["event"] == "step"] in ([1, 2, 3], [3])
+
+
+def test_items_run_in_order_and_are_listed(client, fake_generate):
+    first = _enqueue(client, prompt="first")
+    second = _enqueue(client, prompt="second")
+    read_events(client, second["id"])
+    assert [r.prompt for r in fake_generate.calls] == ["first", "second"]
+    listed = client.get("/api/queue").json()
+    assert [i["id"] for i in listed] == [first["id"], second["id"]]
+    assert {i["status"] for i in listed} == {"done"}
+
+
+def test_cancel_a_queued_item_before_it_runs(manager, fake_generate):
+    app = create_app(manager, generate=fake_generate, start_worker=False)
+    with TestClient(app) as client:
+        item = _enqueue(client)
+        assert client.get(f"/api/queue/{item['id']}").json()["status"] == "queued"
+        cancelled = client.post(f"/api/queue/{item['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert [e["event"] for e in read_events(client, item["id"])] == ["queued", "cancelled"]
+        again = client.post(f"/api/queue/{item['id']}/cancel")
+        assert again.status_code == 409 and "already cancelled" in again.json()["error"]
+    assert fake_generate.calls == []
+
+
+def test_cancel_a_running_item(manager, fake_generate):
+    fake_generate.gate.clear()
+    with TestClient(create_app(manager, generate=fake_generate)) as client:
+        item = _enqueue(client)
+        assert fake_generate.entered.wait(10)  # the worker has picked it up
+        response = client.post(f"/api/queue/{item['id']}/cancel")
+        assert response.json()["cancel_requested"] is True
+        fake_generate.gate.set()
+        assert read_events(client, item["id"])[-1]["event"] == "cancelled"
+        assert client.get(f"/api/queue/{item['id']}").json()["status"] == "cancelled"
+
+
+def test_a_failing_generation_is_reported_and_the_queue_goes_on(client, fake_generate):
+    fake_generate.fail_with = ValueError("the LoRA file changed on disk; rescan it")
+    failed = _enqueue(client)
+    last = read_events(client, failed["id"])[-1]
+    assert (
+        last["event"] == "failed" and last["message"] == "the LoRA file changed on disk; rescan it"
+    )
+    assert client.get(f"/api/queue/{failed['id']}").json()["error"] == last["message"]
+    fake_generate.fail_with = RuntimeError("boom")
+    crashed = read_events(client, _enqueue(client)["id"])[-1]
+    assert crashed["event"] == "failed" and "RuntimeError: boom" in crashed["message"]
+    fake_generate.fail_with = None
+    assert read_events(client, _enqueue(client)["id"])[-1]["event"] == "done"
+
+
+def test_unknown_queue_item_is_404_everywhere(client):
+    for method, path in [
+        ("GET", "/api/queue/nope"),
+        ("POST", "/api/queue/nope/cancel"),
+        ("GET", "/api/queue/nope/events"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 404
+        assert "nope" in response.json()["error"]
+
+
+def _refused(client, body=None, content=None, headers=None):
+    response = client.post("/api/queue", json=body, content=content, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    return response.status_code, response.json()["error"]
+
+
+def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client, fake_generate):
+    ok = {"model": "tiny-sd1", "prompt": "a red circle"}
+    status, message = _refused(client, {**ok, "model": "no-such-model"})
+    assert status == 404 and "no-such-model" in message
+    status, message = _refused(client, {**ok, "loras": [{"name": "xl-detail", "weight": 1}]})
+    assert status == 409 and "sdxl" in message and "sd1" in message
+    status, message = _refused(client, {**ok, "prompt": "<lora:xl-detail:0.5> a circle"})
+    assert status == 409 and "sdxl" in message
+    status, message = _refused(client, {**ok, "loras": [{"name": "nothing-like-this"}]})
+    assert status == 404 and "nothing-like-this" in message
+    status, message = _refused(client, {**ok, "steps": -3})
+    assert status == 422 and message.startswith("Invalid request: steps:")
+    status, message = _refused(client, {**ok, "prompt": "x" * 100_000})
+    assert status == 422 and "prompt" in message and "100,000" in message
+    status, message = _refused(
+        client, content=b'{"model": "tiny-sd1",', headers={"content-type": "application/json"}
+    )
+    assert status == 400 and "not valid JSON" in message
+    status, message = _refused(client, content=b"model=tiny-sd1")
+    assert status == 400 and "JSON object" in message
+    status, message = _refused(client, {**ok, "prompt": "<lora:ink:0.5 unclosed"})
+    assert status == 400 and "unclosed" in message
+    status, message = _refused(client, {**ok, "init_image": "/etc/hostname"})
+    assert status == 403 and "under the models root" in message
+    assert fake_generate.calls == []
+    assert read_events(client, _enqueue(client)["id"])[-1]["event"] == "done"
