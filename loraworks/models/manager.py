@@ -108,7 +108,7 @@ class ModelManager:
         if matches:
             kinds = ", ".join(f"{m.type}/{m.base} ({m.key})" for m in matches)
             raise ModelError(f"'{name_or_key}' names several models: {kinds}; give type or base")
-        close = difflib.get_close_matches(name_or_key, sorted({m.name for m in pool}), n=5)
+        close = close_matches(name_or_key, sorted({m.name for m in pool}))
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ModelNotFound(f"no {what} named '{name_or_key}'{hint}")
 
@@ -292,6 +292,8 @@ class ModelManager:
             self._record_error(path, kind, fp, None, _reason(exc), stored, report)
             return
         twin = self.db.by_hash(digest)
+        if twin is not None and twin.in_place and not twin.path.exists() and stored is None:
+            stored, twin = twin, None  # moved or renamed since the last scan
         if twin is not None and twin.path != path:
             if stored is not None:
                 with self.db.transaction() as c:
@@ -462,6 +464,15 @@ def _refreshed(
     for edited in set(stored.user_edits) & set(EDITABLE_FIELDS):
         update.pop(edited, None)
     return stored.model_copy(update=update)
+
+
+def close_matches(query: str, names: list[str], limit: int = 5) -> list[str]:
+    """Names like `query` (difflib), plus names that contain it or that it contains."""
+    folded = {n.casefold(): n for n in names}
+    q = query.casefold()
+    similar = difflib.get_close_matches(q, list(folded), n=limit, cutoff=0.5)
+    overlapping = [f for f in folded if f and (q in f or f in q)]
+    return [folded[f] for f in dict.fromkeys(similar + overlapping)][:limit]
 
 
 def _stem(path: Path) -> str:

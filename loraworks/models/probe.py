@@ -144,7 +144,9 @@ def _load_with_engine(source: Any, label: str):
     except lora.LoRAError as exc:
         raise ModelError(f"{label}: not a usable LoRA ({exc})") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"{label}: cannot be read as a LoRA ({exc})") from None
+        raise ModelError(
+            f"{label}: cannot be read as a LoRA ({exc or type(exc).__name__})"
+        ) from None
 
 
 def _probe_lora_file(path: Path, name: str) -> Probe:
