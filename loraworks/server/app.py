@@ -22,13 +22,14 @@ from loraworks.server.errors import install_handlers
 from loraworks.server.events import EventBus
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
 from loraworks.server.routes import images, models, queue, settings
-from loraworks.server.routes.images import image_refs
+from loraworks.server.routes.images import image_ref
 from loraworks.server.state import ServerState
 
 WEB_DIR = Path(__file__).parent / "web"
 
 GenerateFn = Callable[..., Any]
-"""`generate(request, *, manager, progress, cancel) -> result with .images and .warnings`."""
+"""`generate(request, *, manager, progress, cancel) -> GenerateResult` (uses `.image_ids`,
+`.warnings`)."""
 
 
 def _runner(manager: ModelManager, generate: GenerateFn) -> RunFn:
@@ -42,7 +43,7 @@ def _runner(manager: ModelManager, generate: GenerateFn) -> RunFn:
             progress(Progress(step=done, total=event.images * event.total, elapsed=event.elapsed))
 
         result = generate(request, manager=manager, progress=on_step, cancel=cancel)
-        return RunOutcome(images=image_refs(manager, result.images), warnings=result.warnings)
+        return RunOutcome(images=[image_ref(i) for i in result.image_ids], warnings=result.warnings)
 
     return run
 

@@ -71,7 +71,7 @@ class FakeGenerate:
         self.gate.wait(10)
         if self.fail_with is not None:
             raise self.fail_with
-        paths = []
+        ids = []
         for image in range(request.batch_size):
             for step in range(1, self.steps + 1):
                 if cancel.is_set():
@@ -80,13 +80,13 @@ class FakeGenerate:
             path = manager.paths.outputs / f"fake-{len(self.calls)}-{image}.png"
             Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
             recipe = {"prompt": request.prompt, "loras": [s.model_dump() for s in request.loras]}
-            paths.append(manager.images.add(path, recipe).path)
-        return FakeResult(images=paths, warnings=["a fake warning"])
+            ids.append(manager.images.add(path, recipe).id)
+        return FakeResult(image_ids=ids, warnings=["a fake warning"])
 
 
 @dataclass
 class FakeResult:
-    images: list[Path]
+    image_ids: list[int]
     warnings: list[str]
 
 

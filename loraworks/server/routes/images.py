@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from loraworks.models import ModelManager
 from loraworks.models.records import ImageRecord
 from loraworks.server.errors import ApiError
 from loraworks.server.events import ImageRef
@@ -35,17 +34,10 @@ class ImagePage(BaseModel):
     has_more: bool
 
 
-def image_ref(record: ImageRecord) -> ImageRef:
+def image_ref(image_id: int) -> ImageRef:
     return ImageRef(
-        id=record.id, url=f"/api/images/{record.id}", recipe_url=f"/api/images/{record.id}/recipe"
+        id=image_id, url=f"/api/images/{image_id}", recipe_url=f"/api/images/{image_id}/recipe"
     )
-
-
-def image_refs(manager: ModelManager, paths: list[Path]) -> list[ImageRef]:
-    """The gallery records of freshly generated files (the newest records, matched by path)."""
-    wanted = {Path(p).resolve() for p in paths}
-    recent = manager.images.list(0, len(wanted) + 32)
-    return [image_ref(r) for r in reversed(recent) if Path(r.path).resolve() in wanted]
 
 
 def _file(state: ServerState, record: ImageRecord) -> Path:
@@ -67,7 +59,7 @@ def list_images(
     """Newest first; `has_more` says whether another page exists."""
     records = state.manager.images.list(offset, limit + 1)
     items = [
-        ImageOut(**dict(image_ref(r)), created_at=r.created_at, recipe=r.recipe)
+        ImageOut(**dict(image_ref(r.id)), created_at=r.created_at, recipe=r.recipe)
         for r in records[:limit]
     ]
     return ImagePage(items=items, offset=offset, limit=limit, has_more=len(records) > limit)

@@ -12,6 +12,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.request import GenerateRequest
 from loraworks.lora.errors import LoRABaseMismatch
+from loraworks.models.errors import ModelError, ModelNotFound
 from loraworks.server.errors import ApiError
 from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
 from loraworks.server.state import ServerState, server_state
@@ -29,7 +30,12 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
     if main.status != "ok":
         raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
     for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
-        lora = manager.get(spec.name, type="lora")
+        try:
+            lora = manager.get(spec.name, type="lora")
+        except ModelNotFound:
+            raise
+        except ModelError:  # one name installed for several bases: the model's own is meant
+            lora = manager.get(spec.name, type="lora", base=main.base)
         if lora.status != "ok":
             raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
         if lora.base != main.base:

@@ -1,0 +1,175 @@
+"""Against a live uvicorn server on loopback with the real generator and tiny models: the
+browser flow of the issue (two LoRAs, weights, progress, gallery, recipe), autoimport while
+serving, and the `--server` client."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loraworks.generation import GenerateRequest
+from loraworks.models import ModelManager
+from loraworks.server import create_app
+from loraworks.server.client import ServerError, submit_and_wait
+from tests.server.conftest import LiveServer, run_live
+from tests.server.loras import write_kohya_lora
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, sd1_folder, lora_sources) -> Iterator[LiveServer]:
+    manager = ModelManager.open(tmp_path_factory.mktemp("live") / "root")
+    manager.install(sd1_folder, copy=False)
+    manager.install(lora_sources["ink"])
+    manager.install(lora_sources["glow"])
+    manager.install(lora_sources["xl"])
+    yield from run_live(create_app(manager, watch=True), manager)
+    manager.close()
+
+
+def _wait_for(condition, what: str, limit: float = 30.0):
+    """Poll `condition()` until it returns something truthy (the watcher works in the
+    background); fail naming `what` if it never does."""
+    deadline = time.monotonic() + limit
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.2)
+    return value
+
+
+@pytest.fixture
+def page(live):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(live.url + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        yield page
+        browser.close()
+
+
+def _set_weight(page, name: str, value: str) -> None:
+    box = page.locator(f"[data-testid=stack-row][data-name='{name}'] [data-testid=weight-number]")
+    box.fill(value)
+
+
+@pytest.mark.browser
+def test_pick_two_loras_generate_and_see_the_recipe(live, page):
+    cards = page.locator("[data-testid=lora-card]")
+    assert cards.count() == 3
+    xl = page.locator("[data-testid=lora-card][data-name='xl-detail']")
+    assert "SDXL LoRA; the model is SD1" in xl.inner_text()
+    assert xl.locator("[data-testid=add-lora]").is_disabled()
+
+    page.locator("[data-testid=lora-search]").fill("ink")
+    assert cards.count() == 1
+    cards.first.locator("[data-testid=trigger-word]", has_text="inkstyle").click()
+    cards.first.locator("[data-testid=add-lora]").click()
+    page.locator("[data-testid=lora-search]").fill("")
+    page.locator("[data-testid=lora-card][data-name='glow'] [data-testid=add-lora]").click()
+    _set_weight(page, "ink", "0.7")
+    _set_weight(page, "glow", "-2.5")  # beyond the slider's range: the number box takes it
+    slider = page.locator("[data-testid=stack-row][data-name='glow'] [data-testid=weight-slider]")
+    assert slider.input_value() == "-2"
+
+    page.locator("[data-testid=prompt]").fill(
+        page.locator("[data-testid=prompt]").input_value() + " a red circle"
+    )
+    page.locator("[data-testid=width]").fill("64")
+    page.locator("[data-testid=height]").fill("64")
+    page.locator("[data-testid=steps]").fill("6")
+    page.locator("[data-testid=seed]").fill("7")
+    page.evaluate(
+        """() => {
+          window.progressSeen = [];
+          const bar = document.querySelector('#progress-bar');
+          const record = () => window.progressSeen.push(Number(bar.getAttribute('aria-valuenow')));
+          new MutationObserver(record)
+            .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+        }"""
+    )
+    page.locator("[data-testid=generate]").click()
+    page.wait_for_selector("[data-testid=gallery-item]", timeout=120_000)
+    page.wait_for_selector("[data-testid=recipe-lora]")
+
+    seen = page.evaluate("window.progressSeen")
+    assert seen[-1] == 100 and any(0 < v < 100 for v in seen), seen
+    assert page.locator("[data-testid=progress-text]").inner_text().startswith("Done")
+    lora_lines = page.locator("[data-testid=recipe-lora]").all_inner_texts()
+    assert lora_lines == ["ink @ 0.7", "glow @ -2.5"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "server-ui.png"), full_page=True)
+
+    image = httpx.get(live.url + "/api/images").json()["items"][0]
+    assert [(lo["name"], lo["weight"]) for lo in image["recipe"]["loras"]] == [
+        ("ink", 0.7),
+        ("glow", -2.5),
+    ]
+    assert image["recipe"]["prompt"] == "inkstyle a red circle"
+    assert image["recipe"]["steps"] == 6
+
+    page.locator("[data-testid=remove-lora]").first.click()
+    page.locator("[data-testid=use-settings]").click()
+    names = page.locator("[data-testid=stack-row]").evaluate_all(
+        "rows => rows.map(r => r.dataset.name)"
+    )
+    assert names == ["ink", "glow"]
+    assert page.locator("[data-testid=steps]").input_value() == "6"
+
+
+@pytest.mark.browser
+def test_a_lora_dropped_into_autoimport_appears_without_restart(live, page):
+    target = live.manager.paths.autoimport_lora / "sub" / "dropped-live.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = write_kohya_lora(target.parent.parent / ".staging", "sd1", seed=21)
+    shutil.move(staging, target)  # appear at once, like a finished copy
+
+    def listed() -> bool:
+        names = [m["name"] for m in httpx.get(live.url + "/api/models").json()]
+        return "dropped-live" in names
+
+    _wait_for(listed, "the dropped LoRA in /api/models")
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator("[data-testid=lora-card][data-name='dropped-live']").count() == 1
+
+
+def test_client_submits_follows_and_returns_image_urls(live):
+    events = []
+    request = GenerateRequest(
+        model="tiny-sd1", prompt="a blue square", width=64, height=64, steps=2, seed=1
+    )
+    urls = submit_and_wait(live.url, request, on_event=events.append)
+    assert len(urls) == 1 and urls[0].startswith(live.url + "/api/images/")
+    assert httpx.get(urls[0]).headers["content-type"] == "image/png"
+    assert [e["type"] for e in events][:2] == ["queued", "started"]
+    assert events[-1]["type"] == "done"
+
+
+def test_client_raises_the_servers_message(live):
+    request = GenerateRequest(model="tiny-sd1", prompt="x", loras=[{"name": "xl-detail"}])
+    with pytest.raises(ServerError, match="sdxl"):
+        submit_and_wait(live.url, request)
+    with pytest.raises(ServerError, match="Cannot talk to the server"):
+        submit_and_wait("http://127.0.0.1:9", request)
