@@ -25,8 +25,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint browser
 	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# --- browser for the web UI test (tests/server, marker `browser`) ---------------------------
+# Debian's Chromium, installed through apt when missing (needs root, or sudo).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
