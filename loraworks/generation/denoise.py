@@ -128,8 +128,17 @@ def denoise(
 
 @torch.no_grad()
 def decode(vae: Any, latents: torch.Tensor) -> Image.Image:
-    """Latents → 8-bit RGB, rounded the way diffusers' image processor rounds."""
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    """Latents → 8-bit RGB, rounded the way diffusers' image processor rounds. A VAE that
+    overflows in fp16 (SDXL's, `force_upcast`) decodes in fp32."""
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+        pixels = vae.decode(scaled, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     pixels = (pixels / 2 + 0.5).clamp(0, 1)
     array = pixels[0].permute(1, 2, 0).float().cpu().numpy()
     return Image.fromarray((array * 255).round().astype("uint8"))

@@ -16,3 +16,13 @@ SIZE = 64
 def pipes(tmp_path_factory) -> dict:
     root: Path = tmp_path_factory.mktemp("pipes")
     return {base: build_pipeline(base, root / base) for base in BASES}
+
+
+@pytest.fixture(scope="session")
+def mm(tmp_path_factory):
+    """A models root with tiny SD1/SD2/SDXL main models and four LoRAs per base."""
+    from tests.generation.loras import build_root
+
+    manager = build_root(tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("work"))
+    yield manager
+    manager.close()

@@ -1,0 +1,251 @@
+"""`generate` and `recall`: the Python API the CLI, the server and tests all call.
+
+Order matters for "bad input loses nothing": everything that can be refused (prompt syntax,
+unknown names, LoRA files, base mismatch) is checked before the main model is loaded or any
+weight is patched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import loraworks
+from loraworks.generation.cache import LoadedModel, cache_for
+from loraworks.generation.conditioning import is_sdxl
+from loraworks.generation.errors import GenerationCancelled, GenerationError
+from loraworks.generation.events import StepEvent
+from loraworks.generation.presets import AppliedLoRA, Resolved, StackEntry, resolve
+from loraworks.generation.prompt import parse_prompt
+from loraworks.generation.recipe import Recipe, RecipeLoRA, RecipeModel, read_recipe, save_png
+from loraworks.generation.render import RenderSettings, render
+from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+from loraworks.lora import LoRA, LoRABaseMismatch
+from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
+
+ProgressCallback = Callable[[StepEvent], None]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class GenerateResult:
+    images: list[Path]
+    warnings: list[str]
+    recipe: dict[str, Any]  # the first image's; the others differ only in `seed`
+    seeds: list[int] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)  # gallery ids, same order as `images`
+
+
+_default_manager: ModelManager | None = None
+_default_lock = threading.Lock()
+
+
+def _manager(manager: ModelManager | None) -> ModelManager:
+    global _default_manager
+    if manager is not None:
+        return manager
+    with _default_lock:
+        if _default_manager is None:
+            _default_manager = ModelManager.open()
+        return _default_manager
+
+
+def _lora_record(mm: ModelManager, name: str, main: ModelRecord) -> ModelRecord:
+    try:
+        record = mm.get(name, type="lora")
+    except ModelNotFound as exc:
+        raise GenerationError(f"LoRA: {exc}") from None
+    except ModelError:  # one name, several bases: take the main model's
+        record = mm.get(name, type="lora", base=main.base)
+    if record.status != "ok":
+        raise GenerationError(
+            f"LoRA '{record.name}' cannot be used: {record.error or record.status}"
+        )
+    return record
+
+
+def _stack(mm: ModelManager, specs: list[LoRASpec], main: ModelRecord) -> list[StackEntry]:
+    stack: list[StackEntry] = []
+    for spec in specs:
+        record = _lora_record(mm, spec.name, main)
+        if any(e.record.key == record.key for e in stack):
+            raise GenerationError(
+                f"LoRA '{record.name}' is given twice (request and/or <lora:> tags); give it once"
+            )
+        stack.append(StackEntry(record, spec.weight))
+    return stack
+
+
+def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]:
+    return weight.as_dict() if isinstance(weight, ComponentWeights) else weight
+
+
+def _check_bases(main: ModelRecord, loras: list[tuple[AppliedLoRA, LoRA]]) -> None:
+    for applied, lora in loras:
+        if main.base not in lora.compatible_bases:
+            raise LoRABaseMismatch(lora.base, f"{main.base} ('{main.name}')", applied.record.name)
+
+
+def _recipe(main: ModelRecord, resolved: Resolved, settings: RenderSettings) -> Recipe:
+    return Recipe(
+        loraworks_version=loraworks.__version__,
+        model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
+        loras=[
+            RecipeLoRA(
+                name=a.record.name,
+                key=a.record.key,
+                hash=a.record.hash,
+                base=a.record.base,
+                weight=a.weight,
+            )
+            for a in resolved.loras
+        ],
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        seed=settings.seed,
+        steps=settings.steps,
+        cfg=settings.cfg,
+        scheduler=settings.scheduler,
+        width=settings.width,
+        height=settings.height,
+        init_image=settings.init_image,
+        strength=settings.strength if settings.init_image else None,
+    )
+
+
+class _Steps:
+    """Turns denoise steps into `StepEvent`s and honours the cancel flag between steps."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelFlag | None, sdxl: bool):
+        self.progress, self.cancel, self.sdxl = progress, cancel, sdxl
+        self.start = time.perf_counter()
+        self.image, self.images = 0, 1
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+
+    def __call__(self, i: int, total: int, latents: torch.Tensor) -> None:
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.start
+            self.progress(
+                StepEvent(i + 1, total, elapsed, self.image, self.images, latents, self.sdxl)
+            )
+        self.check()
+
+
+def _run(
+    mm: ModelManager,
+    loaded: LoadedModel,
+    main: ModelRecord,
+    resolved: Resolved,
+    batch_size: int,
+    steps: _Steps,
+) -> GenerateResult:
+    result = GenerateResult([], list(resolved.warnings), {})
+    steps.images = batch_size
+    for i in range(batch_size):
+        steps.image = i
+        steps.check()
+        settings = replace(resolved.settings, seed=resolved.settings.seed + i)
+        rendered = render(loaded.pipe, settings, steps)
+        recipe = _recipe(main, resolved, settings).model_dump(mode="json")
+        path = save_png(rendered.image, mm.paths.outputs, Recipe.model_validate(recipe))
+        result.image_ids.append(mm.images.add(path, recipe).id)
+        result.images.append(path)
+        result.seeds.append(settings.seed)
+        result.recipe = result.recipe or recipe
+        result.warnings += [w for w in rendered.warnings if w not in result.warnings]
+    return result
+
+
+def generate(
+    request: GenerateRequest,
+    *,
+    manager: ModelManager | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> GenerateResult:
+    """Generate `request.batch_size` images (seeds S…S+N−1), save them with their recipes
+    under `outputs/` and record them in the gallery.
+
+    Raises `GenerationError`/`ModelError`/`LoRAError` (all `ValueError`) for bad input before
+    any work, `GenerationCancelled` when `cancel` is set. The model stays patched with the
+    requested stack after success (so the same stack next time costs nothing); on cancel or
+    error its weights are restored to the loaded ones.
+    """
+    mm = _manager(manager)
+    parsed = parse_prompt(request.prompt)
+    main = mm.get(request.model, type="main")
+    stack = _stack(mm, [*request.loras, *parsed.loras], main)
+    resolved = resolve(request, parsed.text, main, stack, mm.config)
+    cache = cache_for(mm)
+    loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
+    _check_bases(main, loras)
+    steps = _Steps(progress, cancel, main.base == "sdxl")
+    loaded = cache.model(main)
+    steps.sdxl = is_sdxl(loaded.pipe)
+    with loaded.lock:
+        try:
+            report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])
+            result = _run(mm, loaded, main, resolved, request.batch_size, steps)
+        except BaseException:
+            loaded.patcher.restore()
+            raise
+    result.warnings[:0] = _patch_warnings(report)
+    return result
+
+
+def _patch_warnings(report: Any) -> list[str]:
+    out = list(report.warnings)
+    if report.unmatched:
+        out.append(
+            f"{len(report.unmatched)} LoRA layer(s) match no module of the model and were "
+            f"ignored, e.g. {report.unmatched[0]}"
+        )
+    return out
+
+
+def _recalled_record(mm: ModelManager, ref: RecipeModel, type_: str, notes: list[str]) -> str:
+    """Key of the recorded model, else the same name; notes when the content changed."""
+    try:
+        record = mm.get(ref.key, type=type_)
+    except ModelError:
+        record = mm.get(ref.name, type=type_)  # reinstalled under a new key
+    if ref.hash and record.hash != ref.hash:
+        notes.append(f"{type_} '{ref.name}' changed since this image was made; pixels will differ")
+    return record.key
+
+
+def recall(
+    png: Path,
+    *,
+    manager: ModelManager | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> GenerateResult:
+    """Re-run the recipe stored in `png` (one image, same seed and settings)."""
+    mm = _manager(manager)
+    recipe = read_recipe(Path(png))
+    notes: list[str] = []
+    request = recipe.to_request().model_copy(
+        update={
+            "model": _recalled_record(mm, recipe.model, "main", notes),
+            "loras": [
+                LoRASpec(name=_recalled_record(mm, lora, "lora", notes), weight=lora.weight)
+                for lora in recipe.loras
+            ],
+        }
+    )
+    result = generate(request, manager=mm, progress=progress, cancel=cancel)
+    result.warnings[:0] = notes
+    return result

@@ -1,0 +1,126 @@
+"""Turn a request's unset fields into concrete settings: the LCM preset when an LCM-LoRA (or
+an LCM main model) is in play, the config's generation defaults otherwise, LoRA default
+weights, and trigger words. All numbers come from the config file."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from loraworks.generation.render import RenderSettings
+from loraworks.generation.request import MAX_SEED, ComponentWeights, GenerateRequest
+from loraworks.models import ModelRecord
+from loraworks.models.config import Config
+
+Weight = float | ComponentWeights
+# Beyond these an LCM-LoRA is being misused: slow, and the images over-cook.
+LCM_MAX_STEPS = 8
+LCM_MAX_CFG = 2.0
+DEFAULT_STRENGTH = 0.75  # img2img: how much of the init image is re-noised
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """One LoRA to apply: its record, the weight asked for (None: default) and the final one."""
+
+    record: ModelRecord
+    requested: Weight | None
+
+
+@dataclass(frozen=True)
+class AppliedLoRA:
+    record: ModelRecord
+    weight: Weight
+
+
+@dataclass
+class Resolved:
+    settings: RenderSettings  # seed is the first image's
+    loras: list[AppliedLoRA]
+    lcm: bool
+    warnings: list[str]
+
+
+def _lcm_mode(request: GenerateRequest, main: ModelRecord, stack: list[StackEntry]) -> bool:
+    """LCM defaults fill whatever the request leaves unset; set fields are kept (and warned
+    about when they do not suit LCM)."""
+    return request.preset == "lcm" or main.is_lcm or any(e.record.is_lcm for e in stack)
+
+
+def _weight(entry: StackEntry, lcm: bool, config: Config) -> Weight:
+    if entry.requested is not None:
+        return entry.requested
+    if lcm:
+        preset = config.lcm
+        return preset.lcm_lora_weight if entry.record.is_lcm else preset.other_lora_weight
+    if entry.record.default_weight is not None:
+        return entry.record.default_weight
+    return config.generation.lora_weight
+
+
+def with_trigger_words(prompt: str, stack: list[StackEntry]) -> str:
+    """`prompt` plus each LoRA trigger word it does not already contain."""
+    present = prompt.casefold()
+    missing: list[str] = []
+    for entry in stack:
+        for word in entry.record.trigger_words:
+            if word.strip() and word.casefold() not in present:
+                missing.append(word.strip())
+                present += " " + word.casefold()
+    return ", ".join(part for part in [prompt, *missing] if part)
+
+
+def _lcm_warnings(
+    main: ModelRecord, stack: list[StackEntry], s: RenderSettings, preset_asked: bool
+) -> list[str]:
+    lcm_loras = [e.record.name for e in stack if e.record.is_lcm]
+    if preset_asked and not lcm_loras and not main.is_lcm:
+        return [
+            "preset 'lcm' without an LCM-LoRA: unless the main model is LCM-distilled, "
+            "4 steps at CFG 1 give a blurry image; add an LCM-LoRA for this base"
+        ]
+    if not lcm_loras:
+        return []
+    off = []
+    if s.scheduler != "lcm":
+        off.append(f"scheduler {s.scheduler}")
+    if s.steps > LCM_MAX_STEPS:
+        off.append(f"{s.steps} steps")
+    if s.cfg > LCM_MAX_CFG:
+        off.append(f"CFG {s.cfg:g}")
+    if not off:
+        return []
+    return [
+        f"LCM-LoRA {', '.join(lcm_loras)} is meant for the LCM scheduler, 4-{LCM_MAX_STEPS} steps "
+        f"and CFG 1-{LCM_MAX_CFG:g}; this request uses {', '.join(off)} (slower, and images "
+        "tend to over-saturate). Leave scheduler/steps/CFG unset to get the LCM preset."
+    ]
+
+
+def resolve(
+    request: GenerateRequest,
+    prompt: str,
+    main: ModelRecord,
+    stack: list[StackEntry],
+    config: Config,
+) -> Resolved:
+    """Concrete settings for `request`; `prompt` is the text with `<lora:>` tags removed."""
+    lcm = _lcm_mode(request, main, stack)
+    source = config.lcm if lcm else config.generation
+    if request.append_trigger_words:
+        prompt = with_trigger_words(prompt, stack)
+    settings = RenderSettings(
+        prompt=prompt,
+        negative_prompt=request.negative_prompt or None,
+        width=request.width or config.generation.width,
+        height=request.height or config.generation.height,
+        steps=request.steps if request.steps is not None else source.steps,
+        cfg=request.cfg if request.cfg is not None else source.cfg,
+        scheduler=request.scheduler or source.scheduler,
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        init_image=request.init_image,
+        strength=request.strength or (DEFAULT_STRENGTH if request.init_image else 1.0),
+    )
+    loras = [AppliedLoRA(e.record, _weight(e, lcm, config)) for e in stack]
+    warnings = _lcm_warnings(main, stack, settings, request.preset == "lcm")
+    return Resolved(settings, loras, lcm, warnings)

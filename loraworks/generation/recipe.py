@@ -1,0 +1,93 @@
+"""Recipes: everything needed to re-create an image, stored as JSON in the PNG's
+`loraworks_recipe` text chunk (and in the gallery record)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+from pydantic import BaseModel, ValidationError
+
+from loraworks.generation.errors import GenerationError
+from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+
+CHUNK = "loraworks_recipe"
+
+
+class RecipeModel(BaseModel):
+    name: str
+    key: str
+    hash: str | None
+    base: str | None
+
+
+class RecipeLoRA(RecipeModel):
+    weight: float | ComponentWeights
+
+
+class Recipe(BaseModel):
+    loraworks_version: str
+    model: RecipeModel
+    loras: list[RecipeLoRA]
+    prompt: str  # the text the encoder saw: tags removed, trigger words appended
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    cfg: float
+    scheduler: str
+    width: int
+    height: int
+    init_image: Path | None = None
+    strength: float | None = None
+
+    def to_request(self) -> GenerateRequest:
+        """The request that re-creates this one image: every setting explicit, no preset."""
+        return GenerateRequest(
+            model=self.model.key,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            cfg=self.cfg,
+            scheduler=self.scheduler,
+            seed=self.seed,
+            loras=[LoRASpec(name=lora.key, weight=lora.weight) for lora in self.loras],
+            init_image=self.init_image,
+            strength=self.strength,
+        )
+
+
+def save_png(image: Image.Image, folder: Path, recipe: Recipe) -> Path:
+    """Write `image` with its recipe under `folder/<date>/` without overwriting anything."""
+    now = datetime.now(UTC)
+    day = folder / now.strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CHUNK, recipe.model_dump_json())
+    stem = f"{now.strftime('%H%M%S')}-{recipe.seed}"
+    for n in range(1000):
+        path = day / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+        try:
+            with path.open("xb") as f:
+                image.save(f, format="PNG", pnginfo=info)
+        except FileExistsError:
+            continue
+        return path
+    raise GenerationError(f"cannot find a free file name for {stem}.png in {day}")
+
+
+def read_recipe(path: Path) -> Recipe:
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(CHUNK) if hasattr(image, "text") else None
+    except (OSError, ValueError) as exc:
+        raise GenerationError(f"{path}: not a readable image ({exc})") from None
+    if text is None:
+        raise GenerationError(f"{path}: no loraworks recipe in this image")
+    try:
+        return Recipe.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as exc:
+        raise GenerationError(f"{path}: damaged loraworks recipe ({exc})") from None

@@ -1,0 +1,228 @@
+"""`generate` / `recall` end to end on a models root: LoRA stacks, exact weight restore, the
+cache (no reloads, no re-patching), presets, prompt tags, cancel, progress, recipes."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loraworks.generation import (
+    GenerateRequest,
+    GenerationCancelled,
+    GenerationError,
+    PromptSyntaxError,
+    StepEvent,
+    generate,
+    recall,
+)
+from loraworks.generation.cache import cache_for
+from loraworks.generation.recipe import read_recipe
+from loraworks.lora import LoRABaseMismatch
+from tests.fixtures.models import BASES
+from tests.generation.conftest import SIZE
+
+
+def _request(base: str, **kw) -> GenerateRequest:
+    fields = dict(
+        model=f"tiny-{base}",
+        prompt="a red circle",
+        width=SIZE,
+        height=SIZE,
+        steps=2,
+        cfg=1.0,
+        scheduler="euler",
+        seed=3,
+    )
+    return GenerateRequest(**{**fields, **kw})
+
+
+def _loaded(mm, base: str):
+    return cache_for(mm).model(mm.get(f"tiny-{base}", type="main"))
+
+
+def _weights(mm, base: str) -> dict[str, torch.Tensor]:
+    pipe = _loaded(mm, base).pipe
+    return {
+        f"{comp}.{name}": t.detach().clone()
+        for comp in ("unet", "text_encoder", "text_encoder_2", "vae")
+        if getattr(pipe, comp, None) is not None
+        for name, t in getattr(pipe, comp).state_dict().items()
+    }
+
+
+@pytest.fixture(scope="module")
+def pristine(mm) -> dict[str, dict[str, torch.Tensor]]:
+    """Each model's weights as loaded, before any LoRA touched them."""
+    return {base: _weights(mm, base) for base in BASES}
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _pixels(result) -> np.ndarray:
+    return np.asarray(Image.open(result.images[0]))
+
+
+class _UNetBatches:
+    def __init__(self, unet):
+        self.batches: list[int] = []
+        self._h = unet.register_forward_pre_hook(
+            lambda _m, args: self.batches.append(args[0].shape[0])
+        )
+
+    def close(self):
+        self._h.remove()
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_lora_stacks_generate_and_weights_restore_exactly(mm, pristine, base, count):
+    names = [f"{base}-{t}" for t in "abc"][:count]
+    loras = [{"name": n, "weight": 0.8} for n in names]
+    result = generate(_request(base, loras=loras), manager=mm)
+    assert len(result.images) == 1 and result.images[0].is_file()
+    recipe = read_recipe(result.images[0])
+    assert [lora.name for lora in recipe.loras] == names
+    assert mm.images.get(result.image_ids[0]).recipe == result.recipe
+    patched = _weights(mm, base)
+    assert _same_weights(patched, pristine[base]) == (count == 0)
+    _loaded(mm, base).patcher.restore()
+    assert _same_weights(_weights(mm, base), pristine[base])
+
+
+def test_same_seed_same_pixels_and_weight_zero_equals_no_lora(mm):
+    plain = _pixels(generate(_request("sd1"), manager=mm))
+    zero = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 0}]), manager=mm))
+    once = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm))
+    plain_again = _pixels(generate(_request("sd1"), manager=mm))
+    twice = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm))
+    assert np.array_equal(plain, plain_again)
+    assert np.array_equal(once, twice)
+    assert np.array_equal(zero, plain)
+    assert not np.array_equal(once, plain)
+
+
+def test_recall_reproduces_the_pixels(mm):
+    req = _request("sdxl", prompt="a cat <lora:sdxl-a:0.6:1.2>", cfg=3.0, negative_prompt="dog")
+    first = generate(req, manager=mm)
+    again = recall(first.images[0], manager=mm)
+    assert np.array_equal(_pixels(first), _pixels(again))
+    recipe = read_recipe(again.images[0])
+    assert recipe.prompt == "a cat"
+    assert recipe.loras[0].weight.model_dump() == {
+        "unet": 1.2,
+        "text_encoder": 0.6,
+        "text_encoder_2": 0.6,
+    }
+
+
+def test_switching_lora_sets_never_reloads_and_same_set_is_not_repatched(mm):
+    cache = cache_for(mm)
+    loads = cache.loads
+    pipe = _loaded(mm, "sd2").pipe
+    param = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}]), manager=mm)
+    storage = param.data.data_ptr()
+    generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}], seed=4), manager=mm)
+    assert param.data.data_ptr() == storage  # untouched: not re-patched
+    generate(_request("sd2", loras=[{"name": "sd2-b", "weight": 0.5}]), manager=mm)
+    assert param.data.data_ptr() != storage
+    assert cache.loads == loads
+
+
+def test_cancel_between_steps_restores_weights_and_saves_nothing(mm, pristine):
+    cancel = threading.Event()
+    events: list[StepEvent] = []
+
+    def progress(event: StepEvent) -> None:
+        events.append(event)
+        cancel.set()
+
+    before = mm.images.count()
+    req = _request("sd1", steps=4, loras=[{"name": "sd1-b", "weight": 1.0}])
+    with pytest.raises(GenerationCancelled):
+        generate(req, manager=mm, progress=progress, cancel=cancel)
+    assert len(events) == 1
+    assert mm.images.count() == before
+    assert _same_weights(_weights(mm, "sd1"), pristine["sd1"])
+
+
+def test_progress_events_batch_seeds_and_preview(mm):
+    events: list[StepEvent] = []
+    result = generate(
+        _request("sd1", steps=3, batch_size=2, seed=11), manager=mm, progress=events.append
+    )
+    assert [(e.image, e.step, e.total) for e in events] == [
+        (i, s, 3) for i in range(2) for s in (1, 2, 3)
+    ]
+    assert events[0].preview.size == (SIZE // 8, SIZE // 8)
+    assert result.seeds == [11, 12]
+    single = generate(_request("sd1", steps=3, seed=12), manager=mm)
+    assert np.array_equal(np.asarray(Image.open(result.images[1])), _pixels(single))
+
+
+@pytest.mark.parametrize("base", ["sd1", "sdxl"])
+def test_lcm_lora_gets_the_lcm_preset_and_skips_the_uncond_pass(mm, base):
+    unet = _loaded(mm, base).pipe.unet
+    calls = _UNetBatches(unet)
+    try:
+        req = GenerateRequest(
+            model=f"tiny-{base}",
+            prompt="x",
+            width=SIZE,
+            height=SIZE,
+            seed=1,
+            loras=[{"name": f"{base}-lcm"}, {"name": f"{base}-a"}],
+        )
+        result = generate(req, manager=mm)
+    finally:
+        calls.close()
+    r = result.recipe
+    assert (r["scheduler"], r["steps"], r["cfg"]) == ("lcm", 4, 1.0)
+    assert [lora["weight"] for lora in r["loras"]] == [0.35, 0.45]
+    assert calls.batches == [1, 1, 1, 1]
+    assert result.warnings == []
+
+
+def test_lcm_lora_with_many_steps_and_high_cfg_runs_with_a_warning(mm):
+    req = _request("sd1", steps=9, cfg=7.0, loras=[{"name": "sd1-lcm", "weight": 1.0}])
+    result = generate(req, manager=mm)
+    assert len(result.images) == 1
+    assert any("LCM-LoRA sd1-lcm" in w and "9 steps" in w and "CFG 7" in w for w in result.warnings)
+
+
+def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
+    before = mm.images.count()
+    with pytest.raises(LoRABaseMismatch) as err:
+        generate(_request("sd1", loras=[{"name": "sdxl-a"}]), manager=mm)
+    assert "sdxl-a" in str(err.value) and "sdxl" in str(err.value) and "tiny-sd1" in str(err.value)
+    assert mm.images.count() == before
+
+
+def test_prompt_tag_errors_are_clear(mm):
+    with pytest.raises(GenerationError, match="did you mean: sd1-a"):
+        generate(_request("sd1", prompt="x <lora:sd1-aa:1>"), manager=mm)
+    with pytest.raises(PromptSyntaxError, match="not a number"):
+        generate(_request("sd1", prompt="x <lora:sd1-a:strong>"), manager=mm)
+    with pytest.raises(PromptSyntaxError, match="unclosed"):
+        generate(_request("sd1", prompt="x <lora:sd1-a:1"), manager=mm)
+    with pytest.raises(GenerationError, match="given twice"):
+        generate(_request("sd1", prompt="<lora:sd1-a>", loras=[{"name": "sd1-a"}]), manager=mm)
+
+
+def test_default_weights_and_trigger_words(mm):
+    mm.update(mm.get("sd1-b", type="lora").key, default_weight=1.3, trigger_words=["zx style"])
+    req = _request(
+        "sd1",
+        prompt="a cat",
+        loras=[{"name": "sd1-a"}, {"name": "sd1-b"}],
+        append_trigger_words=True,
+    )
+    r = generate(req, manager=mm).recipe
+    assert [lora["weight"] for lora in r["loras"]] == [0.75, 1.3]
+    assert r["prompt"] == "a cat, zx style"

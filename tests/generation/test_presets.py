@@ -1,0 +1,102 @@
+"""Settings resolution without running a model: LCM preset, config defaults, weights,
+trigger words, request validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from loraworks.generation import GenerateRequest
+from loraworks.generation.presets import StackEntry, resolve, with_trigger_words
+from loraworks.models import ModelRecord
+from loraworks.models.config import Config
+
+
+def _record(name: str, type_: str = "lora", **kw) -> ModelRecord:
+    fields = dict(
+        key=name,
+        name=name,
+        type=type_,
+        base="sd1",
+        format="kohya",
+        path=Path(name),
+        in_place=True,
+        hash="h",
+        size=1,
+        source="",
+        created_at="",
+        updated_at="",
+    )
+    return ModelRecord(**{**fields, **kw})
+
+
+MAIN = _record("main", "main")
+LCM = _record("lcm", is_lcm=True)
+STYLE = _record("style", default_weight=0.9)
+PLAIN = _record("plain")
+
+
+def _resolve(stack, config=None, **kw):
+    request = GenerateRequest(model="main", prompt="a cat", **kw)
+    return resolve(request, "a cat", MAIN, stack, config or Config())
+
+
+def test_no_lcm_uses_the_config_generation_defaults():
+    config = Config.model_validate({"generation": {"steps": 12, "cfg": 5.5, "scheduler": "ddim"}})
+    r = _resolve([StackEntry(STYLE, None), StackEntry(PLAIN, None)], config, seed=1)
+    s = r.settings
+    assert (s.steps, s.cfg, s.scheduler, s.width, s.height, s.seed) == (
+        12,
+        5.5,
+        "ddim",
+        512,
+        512,
+        1,
+    )
+    assert [a.weight for a in r.loras] == [0.9, 0.75]
+    assert not r.lcm and r.warnings == []
+
+
+def test_lcm_lora_fills_unset_fields_from_the_lcm_section():
+    config = Config.model_validate({"lcm": {"steps": 6, "lcm_lora_weight": 0.3}})
+    r = _resolve([StackEntry(LCM, None), StackEntry(STYLE, None), StackEntry(PLAIN, 1.0)], config)
+    assert (r.settings.scheduler, r.settings.steps, r.settings.cfg) == ("lcm", 6, 1.0)
+    assert [a.weight for a in r.loras] == [0.3, 0.45, 1.0]
+    assert r.lcm and r.warnings == []
+
+
+def test_explicit_fields_win_over_the_lcm_preset_with_a_warning():
+    r = _resolve([StackEntry(LCM, 1.0)], steps=30, cfg=7.0)
+    assert (r.settings.scheduler, r.settings.steps, r.settings.cfg) == ("lcm", 30, 7.0)
+    assert len(r.warnings) == 1 and "30 steps" in r.warnings[0] and "CFG 7" in r.warnings[0]
+
+
+def test_preset_lcm_without_an_lcm_lora_warns():
+    r = _resolve([], preset="lcm")
+    assert (r.settings.scheduler, r.settings.steps, r.settings.cfg) == ("lcm", 4, 1.0)
+    assert "without an LCM-LoRA" in r.warnings[0]
+
+
+def test_trigger_words_are_appended_once_and_only_when_absent():
+    tagged = _record("t", trigger_words=["ink style", "Cat", "sketch"])
+    assert with_trigger_words("a cat", [StackEntry(tagged, None)]) == "a cat, ink style, sketch"
+    assert with_trigger_words("", [StackEntry(tagged, None)]) == "ink style, Cat, sketch"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"width": 500}, "multiple of 8"),
+        ({"steps": 0}, "greater than or equal to 1"),
+        ({"prompt": "x" * 5000}, "at most 4000 characters"),
+        ({"scheduler": "heun"}, "'euler'"),
+        ({"strength": 0.5}, "strength only applies with an init_image"),
+        ({"init_image": "/nonexistent.png"}, "init image not found"),
+        ({"loras": [{"name": "a", "weight": {"unet": 1, "vae": 1}}]}, "vae"),
+    ],
+)
+def test_request_validation_messages(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        GenerateRequest(**{"model": "m", "prompt": "p", **fields})

@@ -1,0 +1,56 @@
+"""`<lora:...>` tags: A1111 weight order, tag removal, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraworks.generation import ComponentWeights, LoRASpec, PromptSyntaxError
+from loraworks.generation.prompt import parse_prompt
+
+
+def test_tags_are_parsed_in_order_and_removed_from_the_text():
+    parsed = parse_prompt("a cat, <lora:ink:0.8>, sunset <lora:lcm> <lora:pop:0.5:1.25>")
+    assert parsed.text == "a cat, sunset"
+    assert parsed.loras == [
+        LoRASpec(name="ink", weight=0.8),
+        LoRASpec(name="lcm", weight=None),
+        LoRASpec(
+            name="pop",
+            weight=ComponentWeights(unet=1.25, text_encoder=0.5, text_encoder_2=0.5),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text"),
+    [
+        ("<lora:x:1> a dog", "a dog"),
+        ("a dog <lora:x:-0.5>", "a dog"),
+        ("a,<lora:x:1>,b", "a,b"),
+        ("plain prompt,  with  spaces", "plain prompt, with spaces"),
+        ("", ""),
+    ],
+)
+def test_text_left_for_the_encoder(prompt, text):
+    assert parse_prompt(prompt).text == text
+
+
+def test_weights_may_be_negative_or_integers():
+    assert parse_prompt("<lora:slider:-5>").loras[0].weight == -5.0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a <lora:ink:strong>", "weight 'strong' is not a number"),
+        ("a <lora:ink:nan>", "weight 'nan' is not a number"),
+        ("a <lora:ink:0.5:x>", "weight 'x' is not a number"),
+        ("a <lora:ink:0.8 cat", "unclosed tag '<lora:ink:0.8 cat'"),
+        ("a <lora:ink <lora:pop:1>", "unclosed tag"),
+        ("a <lora::0.8>", "missing LoRA name"),
+        ("a <lora:ink:1:1:1>", "at most two weights"),
+    ],
+)
+def test_bad_tags_raise_clear_errors(prompt, message):
+    with pytest.raises(PromptSyntaxError, match=message.replace("(", r"\(")):
+        parse_prompt(prompt)
