@@ -18,8 +18,17 @@ from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
 _KEY = re.compile(r"[0-9a-f]{32}")
-# Test hook: seconds to sleep after the copy and before the rename (crash-safety tests).
-SLOW_INSTALL_ENV = "LORAWORKS_TEST_INSTALL_PAUSE"
+# Test hook for the crash-safety tests: "<stage>:<seconds>" sleeps at that stage
+# ("before-rename" or "after-rename") so a test can kill the process there.
+PAUSE_ENV = "LORAWORKS_TEST_INSTALL_PAUSE"
+
+
+def _pause_at(stage: str) -> None:
+    wanted, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if wanted == stage:
+        import time
+
+        time.sleep(float(seconds))
 
 
 @contextmanager
@@ -71,13 +80,10 @@ def copy_into(
         for extra_name, extra in extras.items():
             _copy_synced(extra, tmp / extra_name)
         _fsync_path(tmp)
-        pause = os.environ.get(SLOW_INSTALL_ENV)
-        if pause:
-            import time
-
-            time.sleep(float(pause))
+        _pause_at("before-rename")
         os.replace(tmp, final)
         _fsync_path(models_dir)
+        _pause_at("after-rename")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
