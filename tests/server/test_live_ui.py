@@ -155,6 +155,31 @@ def test_a_lora_dropped_into_autoimport_appears_without_restart(live, page):
     assert page.locator("[data-testid=lora-card][data-name='dropped-live']").count() == 1
 
 
+@pytest.mark.browser
+def test_models_page_installs_shows_broken_files_and_edits(live, page, tmp_path):
+    from playwright.sync_api import expect
+
+    (live.manager.paths.autoimport_lora / "broken-ui.safetensors").write_bytes(b"\0" * 16)
+    page.locator("[data-testid=tab-models]").click()
+    page.locator("[data-testid=rescan]").click()
+    broken = page.locator("[data-testid=model-row][data-name='broken-ui']")
+    expect(broken.locator("[data-testid=model-status]")).to_contain_text("error: ")
+
+    glow = page.locator("[data-testid=model-row][data-name='glow']")
+    glow.locator("[data-testid=edit-triggers]").fill("glowing, neon")
+    glow.locator("[data-testid=edit-weight]").fill("0.6")
+    glow.locator("[data-testid=save-model]").click()
+    expect(page.locator("[data-testid=models-message]")).to_have_text("Saved glow.")
+    record = httpx.get(live.url + "/api/models/glow").json()
+    assert (record["trigger_words"], record["default_weight"]) == (["glowing", "neon"], 0.6)
+
+    source = write_kohya_lora(tmp_path / "installed-ui.safetensors", "sd1", seed=31)
+    page.locator("[data-testid=install-source]").fill(str(source))
+    page.locator("[data-testid=install]").click()
+    expect(page.locator("[data-testid=models-message]")).to_contain_text("Installed installed-ui")
+    expect(page.locator("[data-testid=model-row][data-name='installed-ui']")).to_have_count(1)
+
+
 def test_client_submits_follows_and_returns_image_urls(live):
     events = []
     request = GenerateRequest(
