@@ -68,3 +68,8 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     if loras:
         text = _DANGLING_COMMAS.sub("", text)
     return ParsedPrompt(text=text.strip(), loras=loras)
+
+
+def parse_lora_option(text: str) -> LoRASpec:
+    """A `--lora` command-line value: the inside of a tag, `name[:weight[:unet_weight]]`."""
+    return _spec(text.strip())

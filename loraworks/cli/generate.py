@@ -1,0 +1,181 @@
+"""`loraworks generate` and `loraworks recall`: thin wrappers over the Python API with a
+progress bar; every user error is one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+out = Console()
+err = Console(stderr=True)
+
+RootOption = typer.Option(
+    None, "--root", help="models root (default: $LORAWORKS_ROOT or ~/loraworks)"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+    app.command()(recall)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    """Pydantic errors as `field: message; ...`, everything else as its message."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+        return "; ".join(parts)
+    return str(exc)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from loraworks.generation import GenerationCancelled
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (GenerationCancelled, KeyboardInterrupt):
+        err.print("cancelled; no image saved for the unfinished one")
+        raise typer.Exit(130) from None
+    except (ValueError, OSError) as exc:  # every error a user can cause is a ValueError
+        _fail(_one_line(exc))
+    except Exception as exc:  # a bug, still reported as one line rather than a traceback
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    w, _, h = text.lower().partition("x")
+    try:
+        return int(w), int(h or w)
+    except ValueError:
+        raise ValueError(
+            f"--size {text!r}: write WIDTHxHEIGHT, e.g. 512x512 (or one number for a square)"
+        ) from None
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[Any], None]]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def on_step(event: Any) -> None:
+            bar.update(
+                task,
+                description=f"image {event.image + 1}/{event.images}",
+                total=event.total * event.images,
+                completed=event.image * event.total + event.step,
+            )
+
+        yield on_step
+
+
+def _report(result: Any) -> None:
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    for path, seed in zip(result.images, result.seeds, strict=True):
+        out.print(f"{path}  (seed {seed})", highlight=False, soft_wrap=True)
+
+
+def _run_local(request: Any, root: Path | None) -> Any:
+    from loraworks.generation import generate as generate_images
+    from loraworks.models import ModelManager
+
+    mm = ModelManager.open(root)
+    try:
+        with _progress_bar() as on_step:
+            return generate_images(request, manager=mm, progress=on_step)
+    finally:
+        mm.close()
+
+
+def generate(
+    prompt: str = typer.Argument(..., help="prompt; may hold <lora:name:weight> tags"),
+    model: str = typer.Option(..., "--model", "-m", help="main model name or key"),
+    lora: list[str] = typer.Option(
+        [], "--lora", "-l", help="name, name:weight or name:te_weight:unet_weight; repeatable"
+    ),
+    negative: str | None = typer.Option(None, "--negative", help="negative prompt"),
+    steps: int | None = typer.Option(None, help="denoising steps (default: config / LCM preset)"),
+    cfg: float | None = typer.Option(None, help="guidance scale; <= 1 skips the uncond pass"),
+    scheduler: str | None = typer.Option(
+        None, help="euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm"
+    ),
+    seed: int | None = typer.Option(None, help="seed of the first image (next ones: +1 each)"),
+    size: str | None = typer.Option(None, help="WIDTHxHEIGHT, e.g. 512x512"),
+    n: int = typer.Option(1, "-n", help="number of images"),
+    init_image: Path | None = typer.Option(None, "--init-image", help="img2img source image"),
+    strength: float | None = typer.Option(None, help="img2img: how much to change (0-1]"),
+    preset: str | None = typer.Option(None, help="'lcm': LCM scheduler, 4 steps, CFG 1"),
+    trigger_words: bool = typer.Option(
+        False, "--trigger-words", help="append the LoRAs' trigger words when absent"
+    ),
+    root: Path | None = RootOption,
+) -> None:
+    """Generate images; prints where each one was saved (its PNG holds the recipe)."""
+    from loraworks.generation import GenerateRequest
+    from loraworks.generation.prompt import parse_lora_option
+
+    with _user_errors():
+        width, height = _size(size)
+        request = GenerateRequest(
+            model=model,
+            prompt=prompt,
+            negative_prompt=negative,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            scheduler=scheduler,
+            seed=seed,
+            batch_size=n,
+            loras=[parse_lora_option(text) for text in lora],
+            init_image=init_image,
+            strength=strength,
+            preset=preset,
+            append_trigger_words=trigger_words,
+        )
+        _report(_run_local(request, root))
+
+
+def recall(
+    image: Path = typer.Argument(..., help="a PNG made by loraworks"),
+    root: Path | None = RootOption,
+) -> None:
+    """Re-create an image from the recipe stored in its PNG (same seed and settings)."""
+    from loraworks.generation import recall as recall_image
+    from loraworks.models import ModelManager
+
+    with _user_errors():
+        mm = ModelManager.open(root)
+        try:
+            with _progress_bar() as on_step:
+                result = recall_image(image, manager=mm, progress=on_step)
+        finally:
+            mm.close()
+        _report(result)
