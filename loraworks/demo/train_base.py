@@ -1,0 +1,271 @@
+"""Train the demo base model `demo-shapes`: the VAE first, then UNet + text encoder.
+
+Stage 1 trains the VAE on reconstructions; its latents are then encoded once (the VAE is
+frozen afterwards, so re-encoding every step would only cost time). Stage 2 trains the UNet
+and the text encoder jointly with SD's epsilon objective, min-SNR weighting, caption dropout
+(so classifier-free guidance works) and an EMA of the weights, which is what gets exported.
+Both stages checkpoint to the output folder and resume from it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+
+from loraworks.demo import architecture as arch
+from loraworks.demo.data import make_set, to_tensor
+from loraworks.demo.training import (
+    EMA,
+    StepLog,
+    cosine_lr,
+    load_checkpoint,
+    min_snr_weights,
+    save_checkpoint,
+    setup_torch,
+)
+
+
+@dataclass
+class BaseTrainConfig:
+    out: Path
+    vae_steps: int = 840
+    unet_steps: int = 6000
+    images: int = 16000
+    batch: int = 32
+    vae_lr: float = 2e-3
+    vae_crop: int = 32
+    lr: float = 1e-3
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 250
+
+
+@dataclass
+class EncodedSet:
+    """Latents (already multiplied by the VAE scaling factor) and their caption token ids."""
+
+    latents: torch.Tensor
+    input_ids: torch.Tensor
+    empty_ids: torch.Tensor
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_vae(cfg: BaseTrainConfig, images: torch.Tensor) -> AutoencoderKL:
+    """Reconstruction (MSE) plus a tiny KL term, as SD's VAE minus the perceptual/GAN losses.
+
+    Trained on random crops: the VAE is convolutional, and a 32×32 crop costs a quarter of the
+    full picture, which is most of the CPU time of the whole base model otherwise.
+    """
+    path = cfg.out / "vae.pt"
+    vae = arch.make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    state = load_checkpoint(path)
+    start = 0
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        if start >= cfg.vae_steps:
+            vae.register_to_config(scaling_factor=state["scaling_factor"])
+            return vae.eval()
+    g = torch.Generator().manual_seed(cfg.seed + start)
+    log = StepLog("vae")
+    vae.train()
+    for step in range(start, cfg.vae_steps):
+        lr = cosine_lr(step, cfg.vae_steps, cfg.vae_lr, warmup=50)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = _random_crops(images, cfg.batch, cfg.vae_crop, g)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=g)).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(step, loss.item(), lr)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.vae_steps:
+            save_checkpoint(
+                path, {"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}
+            )
+    vae.eval()
+    with torch.no_grad():
+        std = vae.encode(images[:1024]).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    save_checkpoint(
+        path,
+        {
+            "vae": vae.state_dict(),
+            "opt": opt.state_dict(),
+            "step": cfg.vae_steps,
+            "scaling_factor": 1.0 / std,
+        },
+    )
+    print(f"vae done: latent std {std:.4f}", flush=True)
+    return vae
+
+
+def _random_crops(images: torch.Tensor, n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """`n` random pictures, each cropped to `size`² at a random multiple-of-8 offset."""
+    picks = torch.randint(len(images), (n,), generator=g)
+    offsets = torch.randint(0, (images.shape[-1] - size) // 8 + 1, (n, 2), generator=g) * 8
+    return torch.stack(
+        [
+            images[i, :, y : y + size, x : x + size]
+            for i, (y, x) in zip(picks, offsets.tolist(), strict=True)
+        ]
+    )
+
+
+def encode_set(cfg: BaseTrainConfig, vae: AutoencoderKL, images, captions, tokenizer) -> EncodedSet:
+    """Encode every picture once (posterior mean × scaling factor), cached in the output folder."""
+    path = cfg.out / "latents.pt"
+    cached = load_checkpoint(path)
+    if cached is not None:
+        return EncodedSet(**cached)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(b).latent_dist.mean for b in images.split(256)])
+    encoded = EncodedSet(
+        latents=latents * vae.config.scaling_factor,
+        input_ids=tokenize(tokenizer, captions),
+        empty_ids=tokenize(tokenizer, [""])[0],
+    )
+    save_checkpoint(path, encoded.__dict__)
+    return encoded
+
+
+def export_pipeline(folder: Path, vae, unet, text_encoder, tokenizer) -> Path:
+    """A diffusers SD folder (model_index.json, unet/, vae/, …) in fp16 safetensors."""
+    scheduler = DDIMScheduler(
+        **arch.SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.to(torch.float32)
+    return folder
+
+
+def train_unet(cfg: BaseTrainConfig, vae, data: EncodedSet, tokenizer) -> Path:
+    """UNet + text encoder, epsilon objective; exports the EMA weights at every checkpoint."""
+    path = cfg.out / "unet.pt"
+    unet, te = arch.make_unet(), arch.make_text_encoder()
+    params = [*unet.parameters(), *te.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ema = EMA(params, cfg.ema_decay)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    start = 0
+    state = load_checkpoint(path)
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        te.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        ema.shadow = state["ema"]
+        g.set_state(state["rng"])
+        start = state["step"]
+    noise_sched = arch.make_noise_scheduler()
+    acp = noise_sched.alphas_cumprod
+    log = StepLog("unet")
+    unet.train()
+    te.train()
+    n = len(data.latents)
+    for step in range(start, cfg.unet_steps):
+        lr = cosine_lr(step, cfg.unet_steps, cfg.lr, warmup=200)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(n, (cfg.batch,), generator=g)
+        drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
+        ids = torch.where(drop[:, None], data.empty_ids[None], data.input_ids[idx])
+        latents = data.latents[idx]
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, len(acp), (cfg.batch,), generator=g)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        pred = unet(noisy, t, te(ids)[0]).sample
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(t, acp) * per_sample).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        log.add(step, loss.item(), lr)
+        done = step + 1 == cfg.unet_steps
+        if (step + 1) % cfg.checkpoint_every == 0 or done:
+            save_checkpoint(
+                path,
+                {
+                    "unet": unet.state_dict(),
+                    "text_encoder": te.state_dict(),
+                    "opt": opt.state_dict(),
+                    "ema": ema.shadow,
+                    "rng": g.get_state(),
+                    "step": step + 1,
+                },
+            )
+            export_ema(cfg, ema, vae, tokenizer, step + 1)
+    return cfg.out / "model"
+
+
+def export_ema(cfg: BaseTrainConfig, ema: EMA, vae, tokenizer, step: int) -> None:
+    """Write the EMA weights as the diffusers folder `out/model` (replaced atomically)."""
+    unet, te = arch.make_unet(), arch.make_text_encoder()
+    ema.copy_to([*unet.parameters(), *te.parameters()])
+    tmp = cfg.out / "model.tmp"
+    export_pipeline(tmp, vae, unet.eval(), te.eval(), tokenizer)
+    (tmp / "step.txt").write_text(f"{step}\n")
+    final = cfg.out / "model"
+    if final.exists():
+        old = cfg.out / "model.old"
+        final.replace(old)
+        tmp.replace(final)
+        _rmtree(old)
+    else:
+        tmp.replace(final)
+    print(f"exported {final} at step {step}", flush=True)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def train_base(cfg: BaseTrainConfig) -> Path:
+    setup_torch(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    shapes = make_set(cfg.images, cfg.seed)
+    images = to_tensor(shapes.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = arch.make_tokenizer(Path(tmp))
+    vae = train_vae(cfg, images)
+    data = encode_set(cfg, vae, images, shapes.captions, tokenizer)
+    return train_unet(cfg, vae, data, tokenizer)
+
+
+if __name__ == "__main__":
+    from loraworks.cli.train import run_group
+
+    run_group("base")

@@ -1,0 +1,95 @@
+"""Helpers every demo trainer shares: thread limit, learning-rate curve, EMA, checkpoints, logs.
+
+Training runs for an hour or more on a shared 2-core machine, so every trainer saves a
+checkpoint regularly and resumes from it when started again with the same output folder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+THREADS = 2
+
+
+def setup_torch(seed: int) -> torch.Generator:
+    """Limit threads (the machine is shared) and return the seeded generator for the run."""
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 100, floor: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to `floor`·peak at `total` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters (with the usual warm-up of the decay)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float = 0.999) -> None:
+        self.params = params
+        self.shadow = [p.detach().clone() for p in params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        for p, s in zip(params, self.shadow, strict=True):
+            p.copy_(s)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically so that a kill during the save never loses the previous checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
+@dataclass
+class StepLog:
+    """Prints `step N loss L lr X s/step T` every `every` steps, averaged over them."""
+
+    name: str
+    every: int = 25
+    _loss: float = 0.0
+    _count: int = 0
+    _t0: float = 0.0
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        if self._count == 0:
+            self._t0 = time.perf_counter()
+        self._loss += loss
+        self._count += 1
+        if self._count == self.every:
+            dt = (time.perf_counter() - self._t0) / self.every
+            print(
+                f"{self.name} step {step + 1} loss {self._loss / self._count:.4f} "
+                f"lr {lr:.2e} s/step {dt:.3f}",
+                flush=True,
+            )
+            self._loss, self._count = 0.0, 0
+
+
+def min_snr_weights(
+    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float = 5.0
+) -> torch.Tensor:
+    """Min-SNR-γ loss weights for the epsilon objective (Hang et al. 2023): min(SNR, γ)/SNR."""
+    a = alphas_cumprod[timesteps]
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / snr
