@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from loraworks.models import autoimport
 from loraworks.models.config import Config
 from loraworks.models.database import Database, StoredModel, now
@@ -52,6 +54,11 @@ class ModelManager:
         paths.create()
         try:
             config = Config.load(paths.config)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}" for e in exc.errors()
+            )
+            raise ModelError(f"{paths.config}: invalid configuration ({problems})") from None
         except (ValueError, OSError) as exc:
             raise ModelError(f"{paths.config}: invalid configuration ({exc})") from None
         mm = cls(paths, config, Database(paths.database))
