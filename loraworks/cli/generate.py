@@ -136,6 +136,13 @@ def generate(
         False, "--trigger-words", help="append the LoRAs' trigger words when absent"
     ),
     root: Path | None = RootOption,
+    # --- remote generation (server helper) ---
+    server: str | None = typer.Option(
+        None, "--server", help="generate on a running `loraworks serve` at this URL"
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="LORAWORKS_TOKEN", help="the server's token, if it has one"
+    ),
 ) -> None:
     """Generate images; prints where each one was saved (its PNG holds the recipe)."""
     from loraworks.generation import GenerateRequest
@@ -160,6 +167,13 @@ def generate(
             preset=preset,
             append_trigger_words=trigger_words,
         )
+        # --- remote generation (server helper) ---
+        if server is not None:
+            from loraworks.server.client import submit_and_wait
+
+            for url in submit_and_wait(server, request, token=token):
+                out.print(url, highlight=False, soft_wrap=True)
+            return
         _report(_run_local(request, root))
 
 

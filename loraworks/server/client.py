@@ -11,8 +11,10 @@ import httpx
 from loraworks.generation.request import GenerateRequest
 
 
-class ServerError(RuntimeError):
-    """The server refused or failed the request, or could not be reached; the message says why."""
+class ServerError(ValueError):
+    """The server refused or failed the request, or could not be reached; the message says why.
+
+    A `ValueError` like every other error a user can act on, so the CLI prints one line."""
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from loraworks.cli import app as cli_app
 from loraworks.generation import GenerateRequest
 from loraworks.models import ModelManager
 from loraworks.server import create_app
@@ -38,6 +40,7 @@ def live(tmp_path_factory, sd1_folder, lora_sources) -> Iterator[LiveServer]:
     manager.install(lora_sources["ink"])
     manager.install(lora_sources["glow"])
     manager.install(lora_sources["xl"])
+    manager.install(write_kohya_lora(lora_sources["ink"].parent / "lcm-tiny.safetensors", seed=4))
     yield from run_live(create_app(manager, watch=True), manager)
     manager.close()
 
@@ -77,7 +80,7 @@ def _set_weight(page, name: str, value: str) -> None:
 @pytest.mark.browser
 def test_pick_two_loras_generate_and_see_the_recipe(live, page):
     cards = page.locator("[data-testid=lora-card]")
-    assert cards.count() == 3
+    assert cards.count() == 4
     xl = page.locator("[data-testid=lora-card][data-name='xl-detail']")
     assert "SDXL LoRA; the model is SD1" in xl.inner_text()
     assert xl.locator("[data-testid=add-lora]").is_disabled()
@@ -136,6 +139,28 @@ def test_pick_two_loras_generate_and_see_the_recipe(live, page):
     )
     assert names == ["ink", "glow"]
     assert page.locator("[data-testid=steps]").input_value() == "6"
+
+
+@pytest.mark.browser
+def test_picking_an_lcm_lora_offers_the_lcm_settings(page):
+    lcm = page.locator("[data-testid=lora-card][data-name='lcm-tiny']")
+    assert lcm.locator("[data-testid=lcm-badge]").count() == 1
+    offer = page.locator("[data-testid=lcm-offer]")
+    assert offer.is_hidden()
+    lcm.locator("[data-testid=add-lora]").click()
+    page.locator("[data-testid=lora-card][data-name='ink'] [data-testid=add-lora]").click()
+    assert offer.is_visible()
+    page.locator("[data-testid=apply-lcm]").click()
+    fields = [
+        page.locator(f"[data-testid={f}]").input_value() for f in ("scheduler", "steps", "cfg")
+    ]
+    assert fields == ["lcm", "4", "1"]
+    weights = page.locator("[data-testid=weight-number]").evaluate_all(
+        "boxes => boxes.map(b => [b.closest('[data-name]').dataset.name, b.value])"
+    )
+    assert weights == [["lcm-tiny", "0.35"], ["ink", "0.45"]]
+    page.locator("[data-testid=stack-row][data-name='lcm-tiny'] [data-testid=remove-lora]").click()
+    assert offer.is_hidden()
 
 
 @pytest.mark.browser
@@ -198,3 +223,16 @@ def test_client_raises_the_servers_message(live):
         submit_and_wait(live.url, request)
     with pytest.raises(ServerError, match="Cannot talk to the server"):
         submit_and_wait("http://127.0.0.1:9", request)
+
+
+def test_generate_command_runs_on_the_server(live):
+    args = ["generate", "a green square", "--model", "tiny-sd1", "--server", live.url]
+    result = CliRunner().invoke(cli_app, [*args, "--size", "64", "--steps", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    (url,) = result.output.split()
+    assert url.startswith(live.url + "/api/images/")
+    recipe = httpx.get(url + "/recipe").json()
+    assert (recipe["prompt"], recipe["seed"], recipe["steps"]) == ("a green square", 3, 2)
+    refused = CliRunner().invoke(cli_app, [*args, "--lora", "xl-detail:0.5"])
+    assert refused.exit_code == 1
+    assert "sdxl" in refused.output and "Traceback" not in refused.output

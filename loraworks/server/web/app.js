@@ -140,7 +140,7 @@ function renderCards() {
       "data-testid": "lora-card", dataset: { key: lora.key, name: lora.name },
       title: reason || lora.description || lora.name,
     },
-      el("div", { class: "thumb" }, thumb),
+      el("div", { class: lora.preview_url ? "thumb" : "thumb empty" }, thumb),
       el("div", { class: "body" },
         el("div", { class: "title" }, lora.name),
         el("div", { class: "badges" },
