@@ -1,0 +1,203 @@
+"""Module-name conversions: kohya flattened names, Stability/sgm UNet names, text-encoder paths.
+
+* ``unflatten(name)``: kohya's ``down_blocks_0_attentions_0_..._to_out_0`` → dotted
+  ``down_blocks.0.attentions.0....to_out.0``, by a deterministic tokeniser over the module-name
+  vocabulary of diffusers UNets, Stability (sgm) UNets and HF CLIP text encoders (longest known
+  token first; digits and unknown words are their own components). The patcher additionally
+  resolves every key against the real module tree by its flattened form, so a vocabulary gap can
+  never mis-target a layer: it can only fall back to the exact flattened lookup.
+* ``sgm_to_diffusers(path)`` / ``diffusers_to_sgm(path, base)``: UNet names of the original
+  (LDM/sgm) UNet ↔ diffusers ``UNet2DConditionModel`` (2 resnets per down level, 3 per up level,
+  as in SD1/SD2/SDXL).
+* ``text_encoder_candidates(path)``: a CLIP path with and without ``text_model.`` (transformers
+  ≥5.16 has no ``text_model`` level; LoRA files name it).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import LoRAFormatError
+
+# Module names containing "_" (single words need no entry).
+VOCAB: frozenset[str] = frozenset(
+    {
+        # diffusers UNet
+        "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "proj_in", "proj_out",
+        "to_q", "to_k", "to_v", "to_out", "conv_in", "conv_out", "conv_norm_out",
+        "conv_shortcut", "time_emb_proj", "time_embedding", "time_proj", "linear_1", "linear_2",
+        "add_embedding", "add_time_proj", "class_embedding", "encoder_hid_proj", "proj_attn",
+        "norm_out", "conv_act",
+        # sgm / LDM UNet
+        "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers",
+        "emb_layers", "skip_connection", "time_embed", "label_emb",
+        # HF CLIP
+        "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm1",
+        "layer_norm2", "final_layer_norm", "token_embedding", "position_embedding",
+        "text_projection", "visual_projection",
+    }
+)  # fmt: skip
+_MAX_TOKEN_PARTS = max(v.count("_") + 1 for v in VOCAB)
+
+
+def unflatten(name: str) -> str:
+    """Insert the dots back into a kohya flattened module name (deterministic)."""
+    parts = name.split("_")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        for n in range(min(_MAX_TOKEN_PARTS, len(parts) - i), 1, -1):
+            cand = "_".join(parts[i : i + n])
+            if cand in VOCAB:
+                out.append(cand)
+                i += n
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def flatten(path: str) -> str:
+    return path.replace(".", "_")
+
+
+# --- sgm (LDM / Stability) <-> diffusers UNet names ---------------------------------------
+
+SGM_HEADS = ("input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "out")
+
+_RESNET_SGM_TO_DIFFUSERS = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_layers.0": "norm2",
+    "out_layers.3": "conv2",
+    "skip_connection": "conv_shortcut",
+}
+_RESNET_DIFFUSERS_TO_SGM = {v: k for k, v in _RESNET_SGM_TO_DIFFUSERS.items()}
+
+
+def is_sgm_unet_path(path: str) -> bool:
+    return path.split(".", 1)[0] in SGM_HEADS
+
+
+def _resnet(rest: list[str], table: dict[str, str], path: str) -> str:
+    if not rest:
+        return ""
+    joined = ".".join(rest)
+    for src, dst in table.items():
+        if joined == src or joined.startswith(src + "."):
+            return "." + dst + joined[len(src) :]
+    raise LoRAFormatError(f"unknown resnet sub-module {joined!r} in {path!r}")
+
+
+def _int(s: str, path: str) -> int:
+    if not s.isdigit():
+        raise LoRAFormatError(f"malformed UNet module name {path!r}")
+    return int(s)
+
+
+def sgm_to_diffusers(path: str) -> str:
+    """``input_blocks.4.1.proj_in`` → ``down_blocks.1.attentions.0.proj_in`` (etc.)."""
+    p = path.split(".")
+    head = p[0]
+    try:
+        if head == "input_blocks":
+            n, sub, rest = _int(p[1], path), _int(p[2], path), p[3:]
+            if n == 0:
+                return "conv_in" + ("." + ".".join(rest) if rest else "")
+            i, j = divmod(n - 1, 3)
+            if j == 2:
+                if rest[:1] != ["op"]:
+                    raise LoRAFormatError(f"unexpected downsampler name {path!r}")
+                return f"down_blocks.{i}.downsamplers.0.conv" + "".join("." + r for r in rest[1:])
+            if sub == 0:
+                inner = _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+                return f"down_blocks.{i}.resnets.{j}" + inner
+            if sub == 1:
+                return f"down_blocks.{i}.attentions.{j}." + ".".join(rest)
+        elif head == "middle_block":
+            n, rest = _int(p[1], path), p[2:]
+            if n in (0, 2):
+                return f"mid_block.resnets.{n // 2}" + _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+            if n == 1:
+                return "mid_block.attentions.0." + ".".join(rest)
+        elif head == "output_blocks":
+            n, sub, rest = _int(p[1], path), _int(p[2], path), p[3:]
+            i, j = divmod(n, 3)
+            if sub == 0:
+                return f"up_blocks.{i}.resnets.{j}" + _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+            if sub in (1, 2) and rest[:1] == ["conv"]:
+                return f"up_blocks.{i}.upsamplers.0." + ".".join(rest)
+            if sub == 1:
+                return f"up_blocks.{i}.attentions.{j}." + ".".join(rest)
+        elif head == "time_embed" and p[1:] in (["0"], ["2"]):
+            return "time_embedding.linear_" + ("1" if p[1] == "0" else "2")
+        elif head == "label_emb" and p[1:2] == ["0"] and p[2:] in (["0"], ["2"]):
+            return "add_embedding.linear_" + ("1" if p[2] == "0" else "2")
+        elif head == "out" and p[1:] in (["0"], ["2"]):
+            return "conv_norm_out" if p[1] == "0" else "conv_out"
+    except IndexError:
+        pass
+    raise LoRAFormatError(f"cannot map sgm UNet module {path!r} to a diffusers module")
+
+
+# Which up levels have attention blocks (needed to place the upsampler in sgm numbering).
+UP_LEVELS_WITH_ATTENTION = {"sd1": {1, 2, 3}, "sd2": {1, 2, 3}, "sdxl": {0, 1}}
+
+
+def diffusers_to_sgm(path: str, base: str = "sdxl") -> str:
+    """Inverse of `sgm_to_diffusers` (used to write kohya SDXL names)."""
+    p = path.split(".")
+    head = p[0]
+    if head == "conv_in":
+        return "input_blocks.0.0" + "".join("." + r for r in p[1:])
+    if head == "time_embedding":
+        return {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[p[1]]
+    if head == "add_embedding":
+        return {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}[p[1]]
+    if head == "conv_norm_out":
+        return "out.0"
+    if head == "conv_out":
+        return "out.2"
+    if head == "down_blocks":
+        i, kind, j, rest = int(p[1]), p[2], int(p[3]), p[4:]
+        if kind == "downsamplers":
+            return f"input_blocks.{3 * (i + 1)}.0.op" + "".join("." + r for r in rest[1:])
+        n = 3 * i + j + 1
+        if kind == "resnets":
+            return f"input_blocks.{n}.0" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
+        return f"input_blocks.{n}.1." + ".".join(rest)
+    if head == "mid_block":
+        kind, j, rest = p[1], int(p[2]), p[3:]
+        if kind == "resnets":
+            return f"middle_block.{2 * j}" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
+        return "middle_block.1." + ".".join(rest)
+    if head == "up_blocks":
+        i, kind, j, rest = int(p[1]), p[2], int(p[3]), p[4:]
+        if kind == "upsamplers":
+            sub = 2 if i in UP_LEVELS_WITH_ATTENTION[base] else 1
+            return f"output_blocks.{3 * i + 2}.{sub}." + ".".join(rest)
+        n = 3 * i + j
+        if kind == "resnets":
+            return f"output_blocks.{n}.0" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
+        return f"output_blocks.{n}.1." + ".".join(rest)
+    raise LoRAFormatError(f"cannot map diffusers UNet module {path!r} to an sgm module")
+
+
+# --- text encoders -------------------------------------------------------------------------
+
+
+def text_encoder_candidates(path: str) -> list[str]:
+    """A CLIP module path as written, then with ``text_model.`` removed or added."""
+    if path.startswith("text_model."):
+        return [path, path[len("text_model.") :]]
+    return [path, "text_model." + path]
+
+
+_TRANSFORMER_INDEX = re.compile(r"(?:^|\.)transformer_blocks\.(\d+)\.")
+
+
+def transformer_block_index(path: str) -> int | None:
+    m = _TRANSFORMER_INDEX.search(path)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,189 @@
+"""The contract every layer kind follows.
+
+A layer is built once from the leaves of one module's keys (``from_state_dict``) and then asked
+for *residuals*: given the module's current parameters in fp32, what to add to them at a user
+strength ``m``::
+
+    residuals({"weight": W, "bias": b_or_None}, m) -> {"weight": ΔW | None, "bias": Δb | None}
+
+Linear kinds (LoRA, LoHa, LoKr, Full, Norm) ignore ``W``; non-linear kinds (DoRA, IA3) read it.
+The patcher always passes the *original* weight, sums the residuals of every layer that targets
+a module and rounds once into the module's dtype (see ``loraworks/lora/patch.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import LoRAFormatError
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How the producer of a file meant its numbers (set by the key-family converter).
+
+    ``producer``: ``"lycoris"`` for kohya / A1111 / LyCORIS single files (alpha in the file,
+    LyCORIS maths), ``"peft"`` for PEFT folders and diffusers files (alpha from a config or
+    header, PEFT maths). ``alpha``/``rank`` come from a PEFT config (after ``rank_pattern`` /
+    ``alpha_pattern``); ``rslora`` makes the scale alpha/√r; ``feedforward`` is PEFT IA3's
+    per-module flag (input axis) when the config names it.
+    """
+
+    producer: str = "lycoris"
+    alpha: float | None = None
+    rank: int | None = None
+    rslora: bool = False
+    feedforward: bool | None = None
+
+
+LYCORIS = Convention()
+
+
+def scalar(t: Tensor | float | None) -> float | None:
+    if t is None:
+        return None
+    if isinstance(t, Tensor):
+        if t.numel() != 1:
+            raise LoRAFormatError(f"alpha must be a scalar, got shape {tuple(t.shape)}")
+        return float(t.reshape(()).float())
+    return float(t)
+
+
+def lora_scale(alpha: float | None, rank: int, convention: Convention) -> float:
+    """α/r (or α/√r with rsLoRA); a missing or zero alpha means α = r (scale 1)."""
+    if rank <= 0:
+        raise LoRAFormatError(f"rank must be positive, got {rank}")
+    if convention.producer == "peft" and convention.alpha is not None and alpha is None:
+        alpha = convention.alpha
+    if alpha is None or alpha == 0:
+        alpha = math.sqrt(rank) if convention.rslora else float(rank)
+    denom = math.sqrt(rank) if convention.rslora else rank
+    return float(alpha) / denom
+
+
+def as_weight_shape(delta: Tensor, weight: Tensor) -> Tensor:
+    """Reshape a delta to the weight's shape (a [o,i,1,1] conv delta on a linear, etc.)."""
+    if delta.shape == weight.shape:
+        return delta
+    return delta.reshape(weight.shape)
+
+
+def shapes_fit(delta_shape: tuple[int, ...] | None, weight_shape: tuple[int, ...]) -> bool:
+    """A delta fits when output dims agree and element counts agree (1x1 conv ↔ linear)."""
+    if delta_shape is None:
+        return True
+    if tuple(delta_shape) == tuple(weight_shape):
+        return True
+    return (
+        len(delta_shape) > 0
+        and delta_shape[0] == weight_shape[0]
+        and math.prod(delta_shape) == math.prod(weight_shape)
+    )
+
+
+class SparseDiff:
+    """LyCORIS ``bias_indices/bias_values/bias_size``: a sparse COO *weight* residual.
+
+    LyCORIS's extractor (``lycoris.utils.extract_diff(..., use_bias=True)``) stores what its
+    low-rank factors miss, ``W_tuned - W_base - up@down``, reshaped to [out, in·k·k] and
+    sparsified; it is added to ΔW at strength m (no alpha/r).
+    """
+
+    def __init__(self, indices: Tensor, values: Tensor, size: Tensor):
+        self.indices = indices.long()
+        self.values = values
+        self.size = tuple(int(s) for s in size.reshape(-1).tolist())
+        if self.indices.dim() != 2 or self.indices.shape[0] != len(self.size):
+            raise LoRAFormatError(
+                f"bias_indices shape {tuple(indices.shape)} does not fit bias_size {self.size}"
+            )
+
+    def dense(self, device, dtype=torch.float32) -> Tensor:
+        return torch.sparse_coo_tensor(
+            self.indices.to(device), self.values.to(device, dtype), self.size
+        ).to_dense()
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"bias_indices": self.indices, "bias_values": self.values}
+
+
+class Layer:
+    """One module's worth of a LoRA file, of one kind."""
+
+    kind: ClassVar[str] = "?"
+    #: leaf names (after the converter's normalisation) this kind reads
+    leaves: ClassVar[frozenset[str]] = frozenset()
+    #: True when ΔW does not depend on the module's weight
+    linear: ClassVar[bool] = True
+    #: True when `residuals` may return a bias delta
+    touches_bias: bool = False
+
+    sparse: SparseDiff | None = None
+
+    @classmethod
+    def from_state_dict(cls, leaves: dict[str, Tensor], convention: Convention) -> Layer:
+        raise NotImplementedError
+
+    # --- what the patcher asks -------------------------------------------------------------
+    def residuals(self, params: dict[str, Tensor | None], strength: float) -> dict:
+        raise NotImplementedError
+
+    def delta_shape(self) -> tuple[int, ...] | None:
+        """Natural shape of ΔW (checked against the module before any patching)."""
+        return None
+
+    def in_features(self) -> int | None:
+        """Input width of a linear target (used by the base-model probe)."""
+        return None
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def add_weight(self, acc: Tensor | None, weight: Tensor, strength: float) -> Tensor:
+        """Add this layer's weight residual to ``acc`` (fp32, owned by the patcher) or, when
+        ``acc`` is None, return ``weight + ΔW`` as a fresh fp32 tensor. Only used for linear
+        kinds; the default goes through `residuals`."""
+        dw = self.residuals({"weight": weight, "bias": None}, strength)["weight"]
+        if dw is None:
+            return weight.clone() if acc is None else acc
+        dw = as_weight_shape(dw, weight)
+        if acc is None:
+            return weight + dw
+        return acc.add_(dw)
+
+    # --- helpers -------------------------------------------------------------------------------
+    def all_tensors(self) -> dict[str, Tensor]:
+        out = dict(self.tensors())
+        if self.sparse is not None:
+            out.update(self.sparse.tensors())
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.all_tensors().values())
+
+    def _with_sparse(self, delta: Tensor | None, weight: Tensor, strength: float) -> Tensor | None:
+        if self.sparse is None:
+            return delta
+        extra = self.sparse.dense(weight.device).reshape(weight.shape) * strength
+        return extra if delta is None else delta + as_weight_shape(delta, weight)
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(v.shape) for k, v in self.tensors().items()}
+        return f"{type(self).__name__}({shapes})"
+
+
+def f32(t: Tensor, device) -> Tensor:
+    return t.to(device=device, dtype=torch.float32)
+
+
+def require(leaves: dict[str, Tensor], *names: str) -> list[Tensor]:
+    missing = [n for n in names if n not in leaves]
+    if missing:
+        raise LoRAFormatError(f"missing {', '.join(missing)} (have {', '.join(sorted(leaves))})")
+    return [leaves[n] for n in names]

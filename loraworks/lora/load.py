@@ -1,0 +1,254 @@
+"""`load_lora`: read a file, folder or state dict once into a reusable `LoRA`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import LoRAFormatError
+from .formats import Converted, diffusers, kohya, peft
+from .layers import Layer, layer_from_leaves
+from .model import LoRA
+from .probe import probe_base
+
+#: safetensors headers larger than this are refused before parsing (real LoRA headers are
+#: well under 1 MiB; a big kohya ``ss_tag_frequency`` stays far below this)
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
+DIFFUSERS_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+_COMPONENT_DIRS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """Return (header length, parsed header) after checking the length against the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise LoRAFormatError(f"{path.name}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise LoRAFormatError(
+                f"{path.name}: safetensors header claims {n} bytes "
+                f"(file is {size} bytes, limit {MAX_HEADER_BYTES}); refusing to parse it"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LoRAFormatError(f"{path.name}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise LoRAFormatError(f"{path.name}: safetensors header is not a JSON object")
+    data_len = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            if info is not None and not isinstance(info, dict):
+                raise LoRAFormatError(f"{path.name}: __metadata__ is not an object")
+            continue
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            shape = [int(s) for s in info["shape"]]
+            str(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise LoRAFormatError(f"{path.name}: malformed entry for tensor {key!r}") from None
+        if not (0 <= start <= end <= data_len) or any(s < 0 for s in shape):
+            raise LoRAFormatError(
+                f"{path.name}: tensor {key!r} lies outside the file (truncated or corrupt)"
+            )
+    return n, header
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    _, header = read_safetensors_header(path)
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise LoRAFormatError(f"{Path(path).name}: cannot read tensors ({e})") from None
+    return sd, metadata
+
+
+def read_pickle(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``.bin/.pt/.ckpt/.pth`` through ``torch.load(weights_only=True)`` only (no code runs)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LoRAFormatError(
+            f"{Path(path).name}: refused to load this pickle file: it is not a plain tensor file "
+            f"that torch.load(weights_only=True) accepts ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Convert it to .safetensors."
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise LoRAFormatError(f"{Path(path).name}: does not contain a state dict")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if len(sd) != len(obj):
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+        raise LoRAFormatError(f"{Path(path).name}: non-tensor entries {bad}")
+    return sd, {}
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    p = Path(path)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        return read_pickle(p)
+    return read_safetensors(p)
+
+
+def _read_config(folder: Path) -> dict | None:
+    cfg = folder / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        raise LoRAFormatError(f"{cfg}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise LoRAFormatError(f"{cfg}: not a JSON object")
+    return data
+
+
+def _weights_in(folder: Path, names) -> Path | None:
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    return None
+
+
+def load_lora(
+    source: Any,
+    *,
+    base: str | None = None,
+    name: str | None = None,
+) -> LoRA:
+    """Read a LoRA once.
+
+    ``source``: a ``.safetensors`` (or ``.bin/.pt/.ckpt/.pth``, ``weights_only`` only) file; a
+    diffusers folder (``pytorch_lora_weights.safetensors``); a PEFT folder
+    (``adapter_model.safetensors`` + ``adapter_config.json``), or a folder with PEFT adapters
+    in ``unet/``, ``text_encoder/``, ``text_encoder_2/`` sub-folders; or ``(state_dict,
+    metadata)`` / a bare state dict. ``base`` overrides the probe (e.g. for a LoRA that carries
+    no evidence of its base). Raises `LoRAFormatError` for anything it cannot read.
+    """
+    metadata: dict[str, str] = {}
+    src_name: str | None = None
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], dict):
+        sd, metadata = dict(source[0]), dict(source[1] or {})
+        conv = _convert(sd, metadata, peft_configs=None)
+    elif isinstance(source, dict):
+        sd = dict(source)
+        conv = _convert(sd, {}, peft_configs=None)
+    else:
+        p = Path(source)
+        src_name = p.name
+        if not p.exists():
+            raise LoRAFormatError(f"{p}: no such file or folder")
+        if p.is_dir():
+            conv, metadata = _load_folder(p)
+        else:
+            sd, metadata = read_file(p)
+            cfg = _read_config(p.parent) if p.name in PEFT_WEIGHT_NAMES else None
+            conv = _convert(sd, metadata, peft_configs={None: cfg} if cfg else None)
+    if name is None and src_name is not None:
+        name = Path(src_name).stem if Path(src_name).suffix else src_name
+    return build(
+        conv, metadata, base=base, name=name, source=None if src_name is None else str(source)
+    )
+
+
+def _load_folder(p: Path) -> tuple[Converted, dict[str, str]]:
+    w = _weights_in(p, DIFFUSERS_WEIGHT_NAMES)
+    if w is not None:
+        sd, md = read_file(w)
+        return _convert(sd, md, peft_configs=None), md
+    w = _weights_in(p, PEFT_WEIGHT_NAMES)
+    if w is not None:
+        sd, md = read_file(w)
+        return _convert(sd, md, peft_configs={None: _read_config(p)}), md
+    parts: dict[str, tuple[dict, dict | None]] = {}
+    md_all: dict[str, str] = {}
+    for comp in _COMPONENT_DIRS:
+        sub = p / comp
+        w = _weights_in(sub, PEFT_WEIGHT_NAMES) if sub.is_dir() else None
+        if w is not None:
+            sd, md = read_file(w)
+            md_all.update(md)
+            parts[comp] = (sd, _read_config(sub))
+    if not parts:
+        raise LoRAFormatError(
+            f"{p}: folder has no pytorch_lora_weights.safetensors, adapter_model.safetensors, or "
+            "unet/ text_encoder/ adapter sub-folders"
+        )
+    return peft.convert_components(parts), md_all
+
+
+def _convert(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
+    if not sd:
+        raise LoRAFormatError("the file holds no tensors")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise LoRAFormatError(f"non-tensor values for keys {bad[:5]}")
+    if peft_configs is not None or peft.is_peft_format(sd):
+        cfg = (peft_configs or {}).get(None)
+        return peft.convert(sd, cfg, metadata)
+    if kohya.is_kohya_format(sd):
+        return kohya.convert(sd, metadata)
+    if diffusers.is_diffusers_format(sd):
+        return diffusers.convert(sd, metadata)
+    shown = ", ".join(sorted(sd)[:6])
+    raise LoRAFormatError(f"not a LoRA file we know (keys: {shown}{' …' if len(sd) > 6 else ''})")
+
+
+def build(
+    conv: Converted,
+    metadata: dict[str, str],
+    *,
+    base: str | None = None,
+    name: str | None = None,
+    source: str | None = None,
+) -> LoRA:
+    layers: dict[str, Layer] = {}
+    for target, leaves in conv.groups.items():
+        label = conv.origin.get(target, target)
+        for leaf, t in leaves.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise LoRAFormatError(
+                    f"refusing this LoRA: layer {label!r} has NaN/Inf values in {leaf!r}"
+                )
+        convention = conv.conventions.get(target, conv.default)
+        layers[target] = layer_from_leaves(leaves, convention, label)
+    if not layers:
+        raise LoRAFormatError("the file holds no LoRA layers")
+    for target, layer in layers.items():
+        s = getattr(layer, "scale", 1.0)
+        if not math.isfinite(s):
+            raise LoRAFormatError(f"refusing this LoRA: layer {target!r} has a non-finite scale")
+    if base is not None:
+        if base not in ("sd1", "sd2", "sdxl"):
+            raise LoRAFormatError(f"unknown base {base!r} (sd1, sd2, sdxl)")
+        found, compat, evidence, warnings = base, frozenset({base}), ["given by the caller"], []
+    else:
+        found, compat, evidence, warnings = probe_base(layers, metadata, sgm_names=conv.sgm_names)
+    return LoRA(
+        layers=layers,
+        base=found,
+        format=conv.format,
+        metadata=metadata,
+        name=name,
+        source=source,
+        compatible_bases=compat,
+        base_evidence=evidence,
+        warnings=warnings,
+        unet_names=conv.unet_names,
+    )

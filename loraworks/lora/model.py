@@ -1,0 +1,73 @@
+"""The parsed, reusable LoRA object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .layers import Layer
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass(eq=False)
+class LoRA:
+    """A LoRA file, parsed once: typed layers keyed by target module path.
+
+    ``layers`` keys are ``"<component>.<module path>"`` with diffusers module names, e.g.
+    ``"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"`` or
+    ``"text_encoder.text_model.encoder.layers.0.self_attn.q_proj"``. Equality is identity (a
+    `LoRAPatcher` compares stacks by object).
+    """
+
+    layers: dict[str, Layer]
+    base: str
+    format: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    source: str | None = None
+    #: every base this LoRA's layers fit (e.g. a CLIP-L-only LoRA fits sd1 and sdxl)
+    compatible_bases: frozenset[str] = frozenset()
+    #: how the base was decided (for people reading ``loraworks models show``)
+    base_evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: UNet naming of a kohya file: "diffusers" (SD1/SD2, LCM-LoRA) or "sgm" (kohya SDXL)
+    unet_names: str | None = None
+
+    def __post_init__(self):
+        if not self.compatible_bases:
+            self.compatible_bases = frozenset({self.base})
+
+    # --- facts ------------------------------------------------------------------------------
+    @property
+    def components(self) -> set[str]:
+        return {k.split(".", 1)[0] for k in self.layers}
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for layer in self.layers.values():
+            out[layer.kind] = out.get(layer.kind, 0) + 1
+        return out
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers.values())
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> LoRA:
+        """Move every tensor (e.g. to the GPU once, so each apply skips the copy)."""
+        for layer in self.layers.values():
+            for obj in (layer, getattr(layer, "inner", None), getattr(layer, "sparse", None)):
+                if obj is None:
+                    continue
+                for attr, val in list(vars(obj).items()):
+                    if isinstance(val, torch.Tensor) and val.is_floating_point():
+                        setattr(obj, attr, val.to(device=device, dtype=dtype))
+        return self
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{k}×{n}" for k, n in sorted(self.kinds.items()))
+        return (
+            f"LoRA(name={self.name!r}, base={self.base!r}, format={self.format!r}, "
+            f"layers={len(self.layers)} [{kinds}])"
+        )
