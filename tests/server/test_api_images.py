@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+from loraworks.server.app import WEB_DIR
+
 
 def _add_images(manager, count: int) -> list[int]:
     ids = []
@@ -63,3 +65,14 @@ def test_a_record_pointing_outside_outputs_is_not_served(client, manager, tmp_pa
     record = manager.images.add(outside, {"prompt": "x"})
     response = client.get(f"/api/images/{record.id}")
     assert response.status_code == 403 and "outside the outputs folder" in response.json()["error"]
+
+
+def test_ui_files_are_served_and_paths_cannot_climb_out_of_them(client):
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="app.js"' in page.text
+    for asset in WEB_DIR.iterdir():  # no CDN: nothing is fetched from another origin
+        assert "://" not in asset.read_text(), asset.name
+    for path in ("/..%2f..%2fetc%2fpasswd", "/%2e%2e/%2e%2e/etc/passwd", "/app.js/../../x"):
+        response = client.get(path)
+        assert response.status_code == 404 and "root:" not in response.text
+        assert response.json()["error"].startswith("Nothing at")

@@ -203,6 +203,8 @@ def test_models_page_installs_shows_broken_files_and_edits(live, page, tmp_path)
     page.locator("[data-testid=install]").click()
     expect(page.locator("[data-testid=models-message]")).to_contain_text("Installed installed-ui")
     expect(page.locator("[data-testid=model-row][data-name='installed-ui']")).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "server-models.png"), full_page=True)
 
 
 def test_client_submits_follows_and_returns_image_urls(live):

@@ -201,7 +201,7 @@ function renderStack() {
     });
     return el("div", { class: "stack-row", "data-testid": "stack-row", dataset: { key: entry.key, name: entry.name } },
       el("span", { class: "name", title: entry.name }, entry.name,
-         entry.is_lcm ? el("span", { class: "badge lcm" }, " LCM") : null),
+         entry.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
       slider, number,
       el("button", { type: "button", title: "remove", "data-testid": "remove-lora",
                      onclick: () => removeLora(entry.key) }, "✕"));
@@ -417,11 +417,11 @@ function renderModelsTable(models) {
     };
     const editable = m.type === "lora";
     return el("tr", { "data-testid": "model-row", dataset: { key: m.key, name: m.name } },
-      el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm" }, " LCM") : null),
+      el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
       el("td", {}, m.type), el("td", {}, baseLabel(m.base)), el("td", {}, m.format),
       el("td", { class: `status-${m.status}`, "data-testid": "model-status" }, m.status === "ok" ? "ok" : `${m.status}: ${m.error || ""}`),
       el("td", {}, editable ? triggers : ""), el("td", {}, editable ? weight : ""),
-      el("td", { class: "row" },
+      el("td", { class: "actions" },
         editable ? el("button", { type: "button", "data-testid": "save-model", onclick: save }, "Save") : null,
         el("button", { type: "button", class: "danger", "data-testid": "delete-model", onclick: remove }, "Remove")));
   });
