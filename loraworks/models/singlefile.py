@@ -177,9 +177,17 @@ def _text_encoder(sd, prefix: str, open_clip: bool, base_cfg: dict[str, Any]):
         state = convert_ldm_clip_checkpoint(sd, remove_prefix=prefix)
     expected = set(model.state_dict())
     state = {_fit_text_key(k, expected): v for k, v in state.items()}
+    # layers past the ones used: SD2 files hold one more (SD2 reads the penultimate layer)
+    used = model.config.num_hidden_layers
+    state = {k: v for k, v in state.items() if k in expected or not _beyond(k, used)}
     state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
     _load(model, state, "text encoder")
     return model
+
+
+def _beyond(key: str, layers: int) -> bool:
+    found = re.match(r"(?:text_model\.)?encoder\.layers\.(\d+)\.", key)
+    return bool(found) and int(found.group(1)) >= layers
 
 
 def _fit_text_key(key: str, expected: set[str]) -> str:

@@ -56,6 +56,8 @@ def _unet_prefix_map(n_levels: int, layers: int, attn_levels: list[bool]) -> lis
 
 
 _UNET_TOP = [
+    ("label_emb.0.0.", "add_embedding.linear_1."),
+    ("label_emb.0.2.", "add_embedding.linear_2."),
     ("time_embed.0.", "time_embedding.linear_1."),
     ("time_embed.2.", "time_embedding.linear_2."),
     ("input_blocks.0.0.", "conv_in."),
@@ -146,6 +148,59 @@ def clip_l_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
         inner = key if key.startswith("text_model.") else "text_model." + key
         out["cond_stage_model.transformer." + inner] = value
     return out
+
+
+def open_clip_to_ldm(text_encoder, prefix: str, spare_layer: bool) -> dict[str, torch.Tensor]:
+    """HF CLIP → open_clip layout (fused q/k/v `in_proj`, `resblocks`, transposed projection).
+
+    `spare_layer` appends one more block, as SD2 files have: SD2 uses the penultimate layer,
+    so diffusers keeps one block fewer than the file holds.
+    """
+    sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    n = len({k.split(".")[2] for k in sd if k.startswith("encoder.layers.")})
+    out = {
+        "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+        "positional_embedding": sd["embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["final_layer_norm.weight"],
+        "ln_final.bias": sd["final_layer_norm.bias"],
+    }
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd["text_projection.weight"].T
+    for i in range(n + int(spare_layer)):
+        src = f"encoder.layers.{min(i, n - 1)}."
+        dst = f"transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{p}"] = torch.cat(
+                [sd[src + f"self_attn.{x}_proj.{p}"] for x in "qkv"]
+            )
+            pairs = [
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ]
+            for ldm, hf in pairs:
+                out[dst + f"{ldm}.{p}"] = sd[src + f"{hf}.{p}"]
+    return {prefix + k: v.clone() for k, v in out.items()}
+
+
+def sd2_to_ldm(pipe) -> dict[str, torch.Tensor]:
+    return {
+        **unet_to_ldm(pipe.unet),
+        **vae_to_ldm(pipe.vae),
+        **open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model.", spare_layer=True),
+    }
+
+
+def sdxl_to_ldm(pipe) -> dict[str, torch.Tensor]:
+    te1 = clip_l_to_ldm(pipe.text_encoder)
+    return {
+        **unet_to_ldm(pipe.unet),
+        **vae_to_ldm(pipe.vae),
+        **{k.replace("cond_stage_model.", "conditioner.embedders.0."): v for k, v in te1.items()},
+        **open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model.", False),
+    }
 
 
 def sd1_to_ldm(pipe) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from transformers import CLIPTextModel
 from loraworks.models import ModelError
 from loraworks.models.tokenizer import clip_tokenizer
 from tests.fixtures.models import build_pipeline, text_encoder_config
-from tests.models.ldm_layout import sd1_to_ldm
+from tests.models.ldm_layout import sd1_to_ldm, sd2_to_ldm, sdxl_to_ldm
 
 # CLIP's published token ids for this sentence (openai/clip-vit-large-patch14 tokenizer)
 ASTRONAUT = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407]
@@ -110,3 +110,17 @@ def test_checkpoint_with_missing_parts_is_refused(mm, tmp_path, sd1_original):
     record = mm.install(tmp_path / "novae.safetensors")
     with pytest.raises(ModelError, match="holds no VAE"):
         mm.load_main(record)
+
+
+@pytest.mark.parametrize(("base", "to_ldm"), [("sd2", sd2_to_ldm), ("sdxl", sdxl_to_ldm)])
+def test_single_file_sd2_and_sdxl_load_the_same_weights(mm, tmp_path, base, to_ldm):
+    original = build_pipeline(base, tmp_path / "orig")
+    ckpt = tmp_path / f"tiny-{base}.safetensors"
+    save_file({k: v.contiguous() for k, v in to_ldm(original).items()}, str(ckpt))
+    record = mm.install(ckpt)
+    assert (record.type, record.base, record.format) == ("main", base, "checkpoint")
+    pipe = mm.load_main(record)
+    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if base == "sdxl" else [])
+    for part in parts:
+        _same_weights(getattr(original, part), getattr(pipe, part))
+    assert pipe.unet.config.cross_attention_dim == original.unet.config.cross_attention_dim
