@@ -49,3 +49,65 @@ def base(
 def run_group(command: str) -> None:
     """Entry for `python -m loraworks.demo.train_*`: the same options as the CLI command."""
     typer.main.get_command(app)([command, *sys.argv[1:]])
+
+
+@app.command()
+def lora(
+    base: Path = typer.Option(..., help="the base model's diffusers folder"),
+    out: Path = typer.Option(..., help="output folder (checkpoint and the .safetensors)"),
+    steps: int = typer.Option(800),
+    rank: int = typer.Option(8),
+    alpha: float = typer.Option(8.0),
+    batch: int = typer.Option(32),
+    lr: float = typer.Option(1e-3),
+    stars: int = typer.Option(4000, help="star pictures in the training set"),
+    base_share: float = typer.Option(0.25, help="ordinary pictures mixed in, per star picture"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the concept LoRA `demo-star` (kohya format); resumes from `out`."""
+    from loraworks.demo.train_lora import LoRATrainConfig, train_lora
+
+    cfg = LoRATrainConfig(
+        base=base,
+        out=out,
+        steps=steps,
+        rank=rank,
+        alpha=alpha,
+        batch=batch,
+        lr=lr,
+        stars=stars,
+        base_share=base_share,
+        seed=seed,
+    )
+    typer.echo(f"LoRA: {train_lora(cfg)}")
+
+
+@app.command("lcm-lora")
+def lcm_lora(
+    base: Path = typer.Option(..., help="the teacher: the base model's diffusers folder"),
+    out: Path = typer.Option(..., help="output folder (checkpoint and the LoRA folder)"),
+    steps: int = typer.Option(2000),
+    rank: int = typer.Option(8),
+    alpha: float = typer.Option(8.0),
+    batch: int = typer.Option(16),
+    lr: float = typer.Option(1e-3),
+    w_min: float = typer.Option(3.0, help="smallest teacher guidance scale"),
+    w_max: float = typer.Option(7.0, help="largest teacher guidance scale"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Distil the LCM-LoRA `demo-lcm` from the base model; resumes from `out`."""
+    from loraworks.demo.train_lcm import LCMTrainConfig, train_lcm
+
+    cfg = LCMTrainConfig(
+        base=base,
+        out=out,
+        steps=steps,
+        rank=rank,
+        alpha=alpha,
+        batch=batch,
+        lr=lr,
+        w_min=w_min,
+        w_max=w_max,
+        seed=seed,
+    )
+    typer.echo(f"LCM-LoRA: {train_lcm(cfg)}")

@@ -23,10 +23,13 @@ from loraworks.demo.training import (
     EMA,
     StepLog,
     cosine_lr,
+    encode_latents,
+    epsilon_loss,
     load_checkpoint,
-    min_snr_weights,
     save_checkpoint,
+    set_lr,
     setup_torch,
+    tokenize,
 )
 
 
@@ -55,16 +58,6 @@ class EncodedSet:
     empty_ids: torch.Tensor
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
 def train_vae(cfg: BaseTrainConfig, images: torch.Tensor) -> AutoencoderKL:
     """Reconstruction (MSE) plus a tiny KL term, as SD's VAE minus the perceptual/GAN losses.
 
@@ -88,8 +81,7 @@ def train_vae(cfg: BaseTrainConfig, images: torch.Tensor) -> AutoencoderKL:
     vae.train()
     for step in range(start, cfg.vae_steps):
         lr = cosine_lr(step, cfg.vae_steps, cfg.vae_lr, warmup=50)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         x = _random_crops(images, cfg.batch, cfg.vae_crop, g)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
@@ -137,10 +129,8 @@ def encode_set(cfg: BaseTrainConfig, vae: AutoencoderKL, images, captions, token
     cached = load_checkpoint(path)
     if cached is not None:
         return EncodedSet(**cached)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(b).latent_dist.mean for b in images.split(256)])
     encoded = EncodedSet(
-        latents=latents * vae.config.scaling_factor,
+        latents=encode_latents(vae, images),
         input_ids=tokenize(tokenizer, captions),
         empty_ids=tokenize(tokenizer, [""])[0],
     )
@@ -187,25 +177,17 @@ def train_unet(cfg: BaseTrainConfig, vae, data: EncodedSet, tokenizer) -> Path:
         g.set_state(state["rng"])
         start = state["step"]
     noise_sched = arch.make_noise_scheduler()
-    acp = noise_sched.alphas_cumprod
     log = StepLog("unet")
     unet.train()
     te.train()
     n = len(data.latents)
     for step in range(start, cfg.unet_steps):
         lr = cosine_lr(step, cfg.unet_steps, cfg.lr, warmup=200)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         idx = torch.randint(n, (cfg.batch,), generator=g)
         drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
         ids = torch.where(drop[:, None], data.empty_ids[None], data.input_ids[idx])
-        latents = data.latents[idx]
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, len(acp), (cfg.batch,), generator=g)
-        noisy = noise_sched.add_noise(latents, noise, t)
-        pred = unet(noisy, t, te(ids)[0]).sample
-        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (min_snr_weights(t, acp) * per_sample).mean()
+        loss = epsilon_loss(unet, te, data.latents[idx], ids, noise_sched, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,137 @@
+"""Train the concept LoRA `demo-star`: teach the frozen base model what a "zkstar" is.
+
+LoRA on the UNet attention projections and the text-encoder attention projections, trained on
+the star pictures with SD's epsilon objective. A share of ordinary base pictures is mixed in
+(a prior-preservation set) so that the LoRA changes stars and little else. Saved in kohya
+format with the `ss_*` metadata trainers write, so the manager reads `zkstar` as the trigger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraworks.demo.architecture import make_noise_scheduler
+from loraworks.demo.data import STAR, TRIGGER, Label, make_set, to_tensor
+from loraworks.demo.lora_layers import TEXT_ATTENTION, UNET_ATTENTION, inject, save_lora
+from loraworks.demo.training import (
+    StepLog,
+    cosine_lr,
+    encode_latents,
+    epsilon_loss,
+    load_checkpoint,
+    load_components,
+    save_checkpoint,
+    set_lr,
+    setup_torch,
+    tokenize,
+)
+
+
+@dataclass
+class LoRATrainConfig:
+    base: Path
+    out: Path
+    steps: int = 800
+    rank: int = 8
+    alpha: float = 8.0
+    batch: int = 32
+    lr: float = 1e-3
+    stars: int = 4000
+    base_share: float = 0.25
+    seed: int = 0
+    checkpoint_every: int = 100
+    name: str = "demo-star"
+
+
+def tag_frequency(labels: list[Label]) -> dict[str, dict[str, int]]:
+    """kohya's `ss_tag_frequency` ({dataset: {tag: count}}): the trigger is on every caption."""
+    tags = Counter()
+    for label in labels:
+        tags.update([TRIGGER, label.colour, f"{label.background} background"])
+    return {TRIGGER: dict(tags)}
+
+
+def kohya_metadata(cfg: LoRATrainConfig, labels: list[Label]) -> dict[str, object]:
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(cfg.rank),
+        "ss_network_alpha": str(cfg.alpha),
+        "ss_base_model_version": "sd_v1",
+        "ss_output_name": cfg.name,
+        "ss_steps": str(cfg.steps),
+        "ss_learning_rate": str(cfg.lr),
+        "ss_seed": str(cfg.seed),
+        "ss_num_train_images": str(len(labels)),
+        "ss_tag_frequency": json.dumps(tag_frequency(labels)),
+        "ss_training_comment": "loraworks train lora on the procedural zkstar set",
+    }
+
+
+def train_lora(cfg: LoRATrainConfig) -> Path:
+    g = setup_torch(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    parts = load_components(cfg.base)
+    stars = make_set(cfg.stars, cfg.seed + 10, (STAR,))
+    prior = make_set(int(cfg.stars * cfg.base_share), cfg.seed + 11)
+    latents = encode_latents(parts.vae, to_tensor(stars.images))
+    prior_latents = encode_latents(parts.vae, to_tensor(prior.images))
+    ids = tokenize(parts.tokenizer, stars.captions)
+    prior_ids = tokenize(parts.tokenizer, prior.captions)
+    all_latents = torch.cat([latents, prior_latents])
+    all_ids = torch.cat([ids, prior_ids])
+
+    unet_lora = inject(parts.unet, "lora_unet", UNET_ATTENTION, cfg.rank, cfg.alpha)
+    te_lora = inject(parts.text_encoder, "lora_te", TEXT_ATTENTION, cfg.rank, cfg.alpha)
+    params = unet_lora.parameters() + te_lora.parameters()
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ckpt = cfg.out / "lora.pt"
+    state = load_checkpoint(ckpt)
+    start = 0
+    if state is not None:
+        unet_lora.load_state_dict(state["unet"])
+        te_lora.load_state_dict(state["te"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["rng"])
+        start = state["step"]
+    noise_sched = make_noise_scheduler()
+    log = StepLog("lora")
+    for step in range(start, cfg.steps):
+        lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=50)
+        set_lr(opt, lr)
+        idx = torch.randint(len(all_latents), (cfg.batch,), generator=g)
+        loss = epsilon_loss(
+            parts.unet, parts.text_encoder, all_latents[idx], all_ids[idx], noise_sched, g
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(step, loss.item(), lr)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(
+                ckpt,
+                {
+                    "unet": unet_lora.state_dict(torch.float32),
+                    "te": te_lora.state_dict(torch.float32),
+                    "opt": opt.state_dict(),
+                    "rng": g.get_state(),
+                    "step": step + 1,
+                },
+            )
+    path = save_lora(
+        cfg.out / f"{cfg.name}.safetensors", [unet_lora, te_lora], kohya_metadata(cfg, stars.labels)
+    )
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    from loraworks.cli.train import run_group
+
+    run_group("lora")
