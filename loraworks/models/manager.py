@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from loraworks.models.records import (
 from loraworks.models.remote import fetch_remote, is_remote
 
 _UNSET: Any = object()
+log = logging.getLogger(__name__)
 
 
 class ModelManager:
@@ -42,6 +45,7 @@ class ModelManager:
         self.config = config
         self.db = db
         self.images = Gallery(db, paths.outputs)
+        self.last_scan = ScanReport()  # what the scan at `open` found
         self._scan_lock = threading.Lock()
 
     @classmethod
@@ -65,8 +69,6 @@ class ModelManager:
         mm._clean_interrupted_installs()
         if scan:
             mm.last_scan = mm.scan()
-        else:
-            mm.last_scan = ScanReport()
         return mm
 
     def close(self) -> None:
@@ -194,9 +196,7 @@ class ModelManager:
         key = uuid.uuid4().hex
         stored = self._new_record(key, found, path, facts, name or _stem(path), in_place=not copy)
         if not copy:
-            with self.db.transaction() as c:
-                self.db.upsert(c, stored)
-            return stored.public()
+            return self._commit_new(stored).public()
         extras = {}
         if facts.preview_path is not None:
             extras["preview" + facts.preview_path.suffix.lower()] = facts.preview_path
@@ -210,12 +210,20 @@ class ModelManager:
                 }
             )
             try:
-                with self.db.transaction() as c:
-                    self.db.upsert(c, stored)
+                stored = self._commit_new(stored)
             except BaseException:
                 discard(self.paths.models, key)
                 raise
         return stored.public()
+
+    def _commit_new(self, stored: StoredModel) -> StoredModel:
+        """Insert a new record, settling its unique name inside the write transaction (another
+        process may have taken the name since the record was built)."""
+        with self.db.transaction() as c:
+            name = unique_name(stored.name, self.db.names(stored.type, stored.base))
+            stored = stored.model_copy(update={"name": name})
+            self.db.upsert(c, stored)
+        return stored
 
     def _new_record(
         self,
@@ -228,10 +236,9 @@ class ModelManager:
     ) -> StoredModel:
         stamp = now()
         fp = autoimport.fingerprint(path)
-        clean = unique_name(sanitize_name(name), self.db.names(found.type, found.base))
         return StoredModel(
             key=key,
-            name=clean,
+            name=sanitize_name(name),
             type=found.type,
             base=found.base,
             format=found.format,
@@ -322,12 +329,12 @@ class ModelManager:
         facts = card_facts(found.metadata, sidecar_base(found.weights, path))
         if stored is None:
             record = self._new_record(uuid.uuid4().hex, found, path, facts, _stem(path), True)
-            report.added.append(record.public())
-        else:
-            record = _refreshed(stored, found, path, facts, fp, self.db.names)
-            report.updated.append(record.public())
+            report.added.append(self._commit_new(record).public())
+            return
+        record = _refreshed(stored, found, path, facts, fp, self.db.names)
         with self.db.transaction() as c:
             self.db.upsert(c, record)
+        report.updated.append(record.public())
 
     def _unchanged(self, stored, skipped, fp: autoimport.Fingerprint) -> bool:
         """Same size and mtime as when last recorded (or skipped as a duplicate of a model
@@ -407,7 +414,11 @@ class ModelManager:
                 if not Path(path).exists():
                     c.execute("DELETE FROM skipped_files WHERE path = ?", (path,))
 
-    def watch(self, stop_event: threading.Event, on_scan=None) -> None:
+    def watch(
+        self,
+        stop_event: threading.Event,
+        on_scan: Callable[[ScanReport], object] | None = None,
+    ) -> None:
         """Rescan whenever the drop folders change, until `stop_event` is set (blocking).
 
         The server runs it in a thread: ``threading.Thread(target=mm.watch, args=(stop,))``.
@@ -415,7 +426,11 @@ class ModelManager:
         """
 
         def rescan() -> None:
-            report = self.scan()
+            try:
+                report = self.scan()
+            except Exception:  # keep watching: the next change triggers another scan
+                log.exception("autoimport rescan failed")
+                return
             if on_scan is not None and report.changed:
                 on_scan(report)
 
