@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,8 @@ class LiveServer:
     manager: ModelManager
 
 
-def run_live(app, manager: ModelManager) -> Iterator[LiveServer]:
+@contextmanager
+def live_server(app, manager: ModelManager) -> Iterator[LiveServer]:
     """Serve `app` with uvicorn on a free loopback port in a thread, for the test's duration."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

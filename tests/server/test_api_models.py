@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from loraworks.server import create_app
 from tests.server.loras import write_kohya_lora
 
 
@@ -141,3 +143,19 @@ def test_preview_of_a_model_without_one_is_404(client):
     response = client.get("/api/models/ink/preview")
     assert response.status_code == 404
     assert "no preview" in response.json()["error"]
+
+
+def test_an_unexpected_failure_is_a_500_with_a_message_and_serving_goes_on(
+    manager, fake_generate, monkeypatch
+):
+    def broken_list(**_):
+        raise RuntimeError("database is locked")
+
+    app = create_app(manager, generate=fake_generate)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(manager, "list", broken_list)
+        response = client.get("/api/models")
+        assert response.status_code == 500
+        assert response.json() == {"error": "Internal error (RuntimeError); see the server log."}
+        monkeypatch.undo()
+        assert client.get("/api/models").status_code == 200

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from loraworks.cli import app as cli_app
@@ -18,7 +19,7 @@ from loraworks.generation import GenerateRequest
 from loraworks.models import ModelManager
 from loraworks.server import create_app
 from loraworks.server.client import ServerError, submit_and_wait
-from tests.server.conftest import LiveServer, run_live
+from tests.server.conftest import LiveServer, live_server
 from tests.server.loras import write_kohya_lora
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -41,7 +42,8 @@ def live(tmp_path_factory, sd1_folder, lora_sources) -> Iterator[LiveServer]:
     manager.install(lora_sources["glow"])
     manager.install(lora_sources["xl"])
     manager.install(write_kohya_lora(lora_sources["ink"].parent / "lcm-tiny.safetensors", seed=4))
-    yield from run_live(create_app(manager, watch=True), manager)
+    with live_server(create_app(manager, watch=True), manager) as server:
+        yield server
     manager.close()
 
 
@@ -56,8 +58,8 @@ def _wait_for(condition, what: str, limit: float = 30.0):
     return value
 
 
-@pytest.fixture
-def page(live):
+@pytest.fixture(scope="module")
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
@@ -65,11 +67,22 @@ def page(live):
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(live.url + "/")
-        page.wait_for_selector("body[data-ready='1']")
-        yield page
+        yield browser
         browser.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+@pytest.fixture
+def page(live, browser):
+    page = _open(browser, live.url + "/")
+    yield page
+    page.close()
 
 
 def _set_weight(page, name: str, value: str) -> None:
@@ -205,6 +218,24 @@ def test_models_page_installs_shows_broken_files_and_edits(live, page, tmp_path)
     expect(page.locator("[data-testid=model-row][data-name='installed-ui']")).to_have_count(1)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "server-models.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_with_a_token_the_page_opened_from_the_printed_url_works(live, browser):
+    token = "ui-token"
+    png = live.manager.paths.outputs / "token-test.png"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(png)
+    live.manager.images.add(png, {"prompt": "blue"})
+    with live_server(create_app(live.manager, token=token), live.manager) as server:
+        assert httpx.get(server.url + "/").status_code == 401
+        page = _open(browser, f"{server.url}/?token={token}")
+        assert page.locator("[data-testid=lora-card]").count() >= 4
+        first = page.locator("[data-testid=gallery-item] img").first
+        first.wait_for()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=first.element_handle()
+        )
+        page.close()
 
 
 def test_client_submits_follows_and_returns_image_urls(live):
