@@ -6,6 +6,8 @@ signature to exercise the queue and events without a model.
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 
 from loraworks.generation.request import GenerateRequest
 from loraworks.models import ModelManager
@@ -32,15 +35,32 @@ GenerateFn = Callable[..., Any]
 `.warnings`)."""
 
 
+PREVIEW_SIDE = 128
+
+
+def preview_data_url(image: Image.Image | None) -> str | None:
+    """The step preview as a small PNG data URL (cheap: latent-sized, no VAE pass)."""
+    if image is None:
+        return None
+    image = image.copy()
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def _runner(manager: ModelManager, generate: GenerateFn) -> RunFn:
-    """Adapt `generate` to the queue: overall progress across a batch, images as API refs."""
+    """Adapt `generate` to the queue: overall progress across a batch, previews as data URLs,
+    images as API refs."""
 
     def run(
         request: GenerateRequest, progress: Callable[[Progress], None], cancel: threading.Event
     ) -> RunOutcome:
         def on_step(event: Any) -> None:
             done = event.image * event.total + event.step
-            progress(Progress(step=done, total=event.images * event.total, elapsed=event.elapsed))
+            total = event.images * event.total
+            preview = preview_data_url(event.preview)
+            progress(Progress(step=done, total=total, elapsed=event.elapsed, preview=preview))
 
         result = generate(request, manager=manager, progress=on_step, cancel=cancel)
         return RunOutcome(images=[image_ref(i) for i in result.image_ids], warnings=result.warnings)

@@ -1,8 +1,9 @@
 """Per-item progress events, published by the queue's worker thread and followed by any number
 of Server-Sent-Event streams running on the server's event loop.
 
-A stream that connects late first gets the item's story so far (every event but the older step
-events), so a browser that reloads mid-generation still sees where things stand.
+A stream that connects late first gets the item's story so far (every event, of the step events
+only the latest), so a browser that reloads mid-generation still sees where things stand. Only
+that latest step is kept, so the history stays small however many steps (and previews) pass.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class QueueEvent(BaseModel):
     total: int | None = None
     elapsed: float | None = None
     message: str | None = None
+    preview: str | None = None  # step events: a small PNG data URL of the current latents
     images: list[ImageRef] = []
     warnings: list[str] = []
 
@@ -64,7 +66,11 @@ class EventBus:
 
     def publish(self, event: QueueEvent) -> None:
         with self._lock:
-            self._history.setdefault(event.item_id, []).append(event)
+            history = self._history.setdefault(event.item_id, [])
+            if event.type == "step" and history and history[-1].type == "step":
+                history[-1] = event
+            else:
+                history.append(event)
             subscribers = list(self._subscribers.get(event.item_id, ()))
         for subscriber in subscribers:
             subscriber.deliver(event)
@@ -74,17 +80,11 @@ class EventBus:
         with self._lock:
             self._history.pop(item_id, None)
 
-    @staticmethod
-    def _replay(events: list[QueueEvent]) -> list[QueueEvent]:
-        """What a late subscriber needs: every event, but of the step events only the last."""
-        steps = [e for e in events if e.type == "step"]
-        return [e for e in events if e.type != "step" or e is steps[-1]]
-
     async def follow(self, item_id: str) -> AsyncIterator[QueueEvent]:
         """The item's events from the start, ending after its terminal event."""
         subscriber = _Subscriber(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:  # snapshot and subscribe at once: each event is in exactly one of them
-            past = self._replay(self._history.get(item_id, []))
+            past = list(self._history.get(item_id, ()))
             self._subscribers.setdefault(item_id, []).append(subscriber)
         try:
             for event in past:

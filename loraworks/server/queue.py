@@ -55,6 +55,7 @@ class Progress:
     step: int
     total: int
     elapsed: float
+    preview: str | None = None  # PNG data URL
 
 
 RunFn = Callable[[GenerateRequest, Callable[[Progress], None], threading.Event], RunOutcome]
@@ -162,6 +163,7 @@ class GenerationQueue:
                     step=progress.step,
                     total=progress.total,
                     elapsed=progress.elapsed,
+                    preview=progress.preview,
                 )
             )
 

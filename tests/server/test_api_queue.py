@@ -27,6 +27,13 @@ def test_enqueue_runs_and_streams_queued_started_steps_done(client, fake_generat
     done = events[-1]
     assert len(done["images"]) == 2 and done["warnings"] == ["a fake warning"]
     assert fake_generate.calls[0].loras[0].name == "ink"
+    late = read_events(client, item["id"])  # after the end: the story, one step (the last)
+    assert [(e["event"], e["step"]) for e in late] == [
+        ("queued", None),
+        ("started", None),
+        ("step", 6),
+        ("done", None),
+    ]
     status = client.get(f"/api/queue/{item['id']}").json()
     assert status["status"] == "done" and status["step"] == 6 and status["total"] == 6
     assert [i["id"] for i in status["images"]] == [i["id"] for i in done["images"]]

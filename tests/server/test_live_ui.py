@@ -123,6 +123,12 @@ def test_pick_two_loras_generate_and_see_the_recipe(live, page):
           const record = () => window.progressSeen.push(Number(bar.getAttribute('aria-valuenow')));
           new MutationObserver(record)
             .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+          const preview = document.querySelector('#progress-preview');
+          window.previewShown = false;
+          new MutationObserver(() => {
+            const shown = preview.src.startsWith('data:image/png;base64,') && !preview.hidden;
+            window.previewShown ||= shown;
+          }).observe(preview, {attributes: true, attributeFilter: ['src', 'hidden']});
         }"""
     )
     page.locator("[data-testid=generate]").click()
@@ -131,6 +137,7 @@ def test_pick_two_loras_generate_and_see_the_recipe(live, page):
 
     seen = page.evaluate("window.progressSeen")
     assert seen[-1] == 100 and any(0 < v < 100 for v in seen), seen
+    assert page.evaluate("window.previewShown")
     assert page.locator("[data-testid=progress-text]").inner_text().startswith("Done")
     lora_lines = page.locator("[data-testid=recipe-lora]").all_inner_texts()
     assert lora_lines == ["ink @ 0.7", "glow @ -2.5"]
@@ -248,6 +255,9 @@ def test_client_submits_follows_and_returns_image_urls(live):
     assert httpx.get(urls[0]).headers["content-type"] == "image/png"
     assert [e["type"] for e in events][:2] == ["queued", "started"]
     assert events[-1]["type"] == "done"
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2] and steps[-1]["total"] == 2
+    assert all(e["preview"].startswith("data:image/png;base64,") for e in steps)
 
 
 def test_client_raises_the_servers_message(live):

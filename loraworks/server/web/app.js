@@ -271,13 +271,20 @@ function follow(itemId) {
   $("#cancel").hidden = false;
   const source = new EventSource(withToken(`/api/queue/${itemId}/events`));
   state.events = source;
-  const finish = () => { source.close(); state.events = null; $("#cancel").hidden = true; refreshQueueStatus(); };
+  const finish = () => {
+    source.close();
+    state.events = null;
+    $("#cancel").hidden = true;
+    $("#progress-preview").hidden = true;
+    refreshQueueStatus();
+  };
   source.addEventListener("queued", () => { setProgress(0, "Queued…"); refreshQueueStatus(); });
   source.addEventListener("started", () => { setProgress(0, "Started…"); refreshQueueStatus(); });
   source.addEventListener("step", (e) => {
     const data = JSON.parse(e.data);
     setProgress(data.step / data.total, `step ${data.step}/${data.total}`);
     $("#progress-bar").dataset.step = data.step;
+    if (data.preview) { $("#progress-preview").src = data.preview; $("#progress-preview").hidden = false; }
   });
   source.addEventListener("done", async (e) => {
     const data = JSON.parse(e.data);
