@@ -19,14 +19,14 @@ import torch
 import loraworks
 from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
-from loraworks.generation.errors import GenerationCancelled, GenerationError
+from loraworks.generation.errors import BaseMismatch, GenerationCancelled, GenerationError
 from loraworks.generation.events import StepEvent
 from loraworks.generation.presets import AppliedLoRA, Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import Recipe, RecipeLoRA, RecipeModel, read_recipe, save_png
 from loraworks.generation.render import RenderSettings, render
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
-from loraworks.lora import LoRA, LoRABaseMismatch
+from loraworks.lora import LoRA
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 ProgressCallback = Callable[[StepEvent], None]
@@ -92,7 +92,7 @@ def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]
 def _check_bases(main: ModelRecord, loras: list[tuple[AppliedLoRA, LoRA]]) -> None:
     for applied, lora in loras:
         if main.base not in lora.compatible_bases:
-            raise LoRABaseMismatch(lora.base, f"{main.base} ('{main.name}')", applied.record.name)
+            raise BaseMismatch(applied.record.name, lora.base, main.name, str(main.base))
 
 
 def _recipe(main: ModelRecord, resolved: Resolved, settings: RenderSettings) -> Recipe:
@@ -191,9 +191,8 @@ def generate(
     cache = cache_for(mm)
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
     _check_bases(main, loras)
-    steps = _Steps(progress, cancel, main.base == "sdxl")
     loaded = cache.model(main)
-    steps.sdxl = is_sdxl(loaded.pipe)
+    steps = _Steps(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:
         try:
             report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])

@@ -3,6 +3,8 @@ cancellation signal, so CLI and server can print one clear line instead of a tra
 
 from __future__ import annotations
 
+from loraworks.lora import LoRABaseMismatch
+
 
 class GenerationError(ValueError):
     """A request that cannot run as asked; the message says why and what to change."""
@@ -15,3 +17,15 @@ class PromptSyntaxError(GenerationError):
 class GenerationCancelled(Exception):
     """Raised between denoise steps when the caller's cancel event is set; weights are
     restored before it propagates."""
+
+
+class BaseMismatch(LoRABaseMismatch, GenerationError):
+    """A LoRA picked for a main model of another base; names both models and both bases."""
+
+    def __init__(self, lora_name: str, lora_base: str, main_name: str, main_base: str):
+        self.lora_base, self.model_base, self.name = lora_base, main_base, lora_name
+        ValueError.__init__(
+            self,
+            f"LoRA '{lora_name}' is for {lora_base} but the main model '{main_name}' is "
+            f"{main_base}; pick a {main_base} LoRA or a {lora_base} main model",
+        )

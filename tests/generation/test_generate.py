@@ -200,7 +200,10 @@ def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
     before = mm.images.count()
     with pytest.raises(LoRABaseMismatch) as err:
         generate(_request("sd1", loras=[{"name": "sdxl-a"}]), manager=mm)
-    assert "sdxl-a" in str(err.value) and "sdxl" in str(err.value) and "tiny-sd1" in str(err.value)
+    assert str(err.value) == (
+        "LoRA 'sdxl-a' is for sdxl but the main model 'tiny-sd1' is sd1; "
+        "pick a sd1 LoRA or a sdxl main model"
+    )
     assert mm.images.count() == before
 
 
