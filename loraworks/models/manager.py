@@ -220,6 +220,8 @@ class ModelManager:
         """Insert a new record, settling its unique name inside the write transaction (another
         process may have taken the name since the record was built)."""
         with self.db.transaction() as c:
+            if stored.in_place and (other := self.db.by_path(stored.path)) is not None:
+                return other  # another process recorded this file first
             name = unique_name(stored.name, self.db.names(stored.type, stored.base))
             stored = stored.model_copy(update={"name": name})
             self.db.upsert(c, stored)
@@ -366,35 +368,35 @@ class ModelManager:
         stored: StoredModel | None,
         report: ScanReport,
     ) -> None:
+        """Record (or mark) an unusable drop-folder file with the reason, shown in listings."""
         stamp = now()
+        facts = {
+            "status": "error",
+            "error": reason,
+            "hash": digest,
+            "size": fp.size,
+            "mtime_ns": fp.mtime_ns,
+            "updated_at": stamp,
+        }
         if stored is None:
-            name = unique_name(sanitize_name(_stem(path)), self.db.names(kind, None))
-            stored = StoredModel(
-                key=uuid.uuid4().hex,
-                name=name,
-                type=kind,
-                base=None,
-                format="unknown",
-                path=path,
-                in_place=True,
-                hash=digest,
-                size=fp.size,
-                source=str(path),
-                created_at=stamp,
-                updated_at=stamp,
+            record = self._commit_new(
+                StoredModel(
+                    key=uuid.uuid4().hex,
+                    name=sanitize_name(_stem(path)),
+                    type=kind,
+                    base=None,
+                    format="unknown",
+                    path=path,
+                    in_place=True,
+                    source=str(path),
+                    created_at=stamp,
+                    **facts,
+                )
             )
-        record = stored.model_copy(
-            update={
-                "status": "error",
-                "error": reason,
-                "hash": digest,
-                "size": fp.size,
-                "mtime_ns": fp.mtime_ns,
-                "updated_at": stamp,
-            }
-        )
-        with self.db.transaction() as c:
-            self.db.upsert(c, record)
+        else:
+            record = stored.model_copy(update=facts)
+            with self.db.transaction() as c:
+                self.db.upsert(c, record)
         report.errors.append(record.public())
 
     def _mark_missing(self, seen: set[Path], report: ScanReport) -> None:
