@@ -23,6 +23,7 @@ from loraworks.models import ModelManager
 from loraworks.server.auth import TokenAuth
 from loraworks.server.errors import install_handlers
 from loraworks.server.events import EventBus
+from loraworks.server.journal import QueueJournal
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
 from loraworks.server.routes import images, models, queue, settings
 from loraworks.server.routes.images import image_ref
@@ -80,9 +81,9 @@ def create_app(
     if generate is None:
         from loraworks.generation import generate
     bus = EventBus()
-    state = ServerState(
-        manager=manager, queue=GenerationQueue(_runner(manager, generate), bus), bus=bus
-    )
+    journal = QueueJournal(manager.paths.databases / "queue.json")
+    generation_queue = GenerationQueue(_runner(manager, generate), bus, journal)
+    state = ServerState(manager=manager, queue=generation_queue, bus=bus)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,7 +1,8 @@
 """The generation queue: one worker thread runs requests strictly in order.
 
 One worker, because the loaded model is shared: two requests running at once would patch their
-LoRAs into the same weights. Items live in memory; finished ones are pruned oldest first.
+LoRAs into the same weights. Items live in memory and, with a journal, on disk at each change
+of state; finished ones are pruned oldest first.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
 from loraworks.generation.errors import GenerationCancelled
 from loraworks.generation.request import GenerateRequest
 from loraworks.server.events import EventBus, ImageRef, QueueEvent
+
+if TYPE_CHECKING:
+    from loraworks.server.journal import QueueJournal
 
 log = logging.getLogger("loraworks.server")
 
@@ -72,8 +76,15 @@ class QueueItemFinished(ValueError):
 class GenerationQueue:
     """Holds items, runs them one at a time on a worker thread and publishes their events."""
 
-    def __init__(self, run: RunFn, bus: EventBus, keep_finished: int = 200):
+    def __init__(
+        self,
+        run: RunFn,
+        bus: EventBus,
+        journal: QueueJournal | None = None,
+        keep_finished: int = 200,
+    ):
         self._run = run
+        self._journal = journal
         self._bus = bus
         self._keep_finished = keep_finished
         self._cond = threading.Condition()
@@ -82,6 +93,8 @@ class GenerationQueue:
         self._pending: deque[str] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        if journal is not None:
+            self._restore(journal.load())
 
     # --- public API used by the routes -----------------------------------------------------
 
@@ -94,6 +107,7 @@ class GenerationQueue:
             self._cancels[item.id] = threading.Event()
             self._pending.append(item.id)
             self._prune()
+            self._save()
             self._cond.notify()
         self._bus.publish(QueueEvent(item_id=item.id, type="queued"))
         return item.model_copy()
@@ -148,6 +162,7 @@ class GenerationQueue:
                     return
                 item = self._items[self._pending.popleft()]
                 item.status, item.started_at = "running", time.time()
+                self._save()
                 request, cancel = item.request, self._cancels[item.id]
             self._bus.publish(QueueEvent(item_id=item.id, type="started"))
             self._run_one(item, request, cancel)
@@ -195,6 +210,33 @@ class GenerationQueue:
 
     def _finish(self, item: QueueItem, status: ItemStatus) -> None:
         item.status, item.finished_at = status, time.time()
+        self._save()
+
+    def _save(self) -> None:
+        if self._journal is not None:
+            self._journal.save(list(self._items.values()))
+
+    def _restore(self, items: list[QueueItem]) -> None:
+        """Take back the last run's items; what was queued or running then has failed."""
+        for item in items:
+            if item.status not in FINISHED:
+                item.error = (
+                    f"Interrupted: the server stopped while this item was {item.status}; "
+                    "submit it again."
+                )
+                item.status, item.finished_at = "failed", time.time()
+            self._items[item.id] = item
+            self._cancels[item.id] = threading.Event()
+            self._bus.publish(
+                QueueEvent(
+                    item_id=item.id,
+                    type=item.status,
+                    message={"failed": item.error, "cancelled": "cancelled"}.get(item.status),
+                    images=item.images,
+                    warnings=item.warnings,
+                )
+            )
+        self._save()
 
     def _item(self, item_id: str) -> QueueItem:
         try:
