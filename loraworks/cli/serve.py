@@ -12,15 +12,16 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
 
 
-def _port_free(host: str, port: int) -> bool:
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (in use, unknown host, …), or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def serve(
@@ -36,11 +37,15 @@ def serve(
     """Serve the API (docs at /docs) and the web UI; new files in autoimport/ appear live."""
     import uvicorn
 
-    from loraworks.models import ModelManager
+    from loraworks.models import ModelError, ModelManager
     from loraworks.server.app import create_app
     from loraworks.server.auth import BindRefused, check_bind
 
-    manager = ModelManager.open(root)
+    try:
+        manager = ModelManager.open(root)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     settings = manager.config.server
     host = host or settings.host
     port = port or settings.port
@@ -50,13 +55,16 @@ def serve(
     except BindRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if not _port_free(host, port):
-        typer.echo(f"error: cannot listen on {host}:{port}: the address is in use.", err=True)
+    if problem := _bind_problem(host, port):
+        typer.echo(f"error: cannot listen on {host}:{port}: {problem}.", err=True)
         raise typer.Exit(1)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     typer.echo(f"loraworks serving {manager.root}")
     typer.echo(f"open {url}  (API docs: http://{shown}:{port}/docs)")
-    uvicorn.run(
-        create_app(manager, token=token, watch=True), host=host, port=port, log_level="warning"
-    )
+    try:
+        uvicorn.run(
+            create_app(manager, token=token, watch=True), host=host, port=port, log_level="warning"
+        )
+    finally:
+        manager.close()

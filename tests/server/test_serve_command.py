@@ -86,4 +86,4 @@ def test_serve_refuses_a_port_in_use(tmp_path):
             cli_app, ["serve", "--root", str(tmp_path / "root"), "--port", str(port)]
         )
     assert result.exit_code == 1
-    assert f"cannot listen on 127.0.0.1:{port}: the address is in use" in result.output
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
