@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
@@ -133,23 +135,29 @@ class ModelManager:
         description: str = _UNSET,
     ) -> ModelRecord:
         """Change user-editable fields; edited fields are kept across rescans."""
-        stored = self._stored(key)
+        key = self._stored(key).key
         changes: dict[str, Any] = {}
-        if name is not _UNSET:
-            clean = sanitize_name(name)
-            taken = self.db.names(stored.type, stored.base) - {stored.name}
-            if clean.casefold() in {t.casefold() for t in taken}:
-                raise ModelError(f"a {stored.type} for {stored.base} named '{clean}' exists")
-            changes["name"] = clean
         if trigger_words is not _UNSET:
             changes["trigger_words"] = [w.strip() for w in trigger_words if w.strip()]
         if default_weight is not _UNSET:
+            if default_weight is not None and not math.isfinite(float(default_weight)):
+                raise ModelError(f"default weight must be a finite number, not {default_weight}")
             changes["default_weight"] = None if default_weight is None else float(default_weight)
         if description is not _UNSET:
             changes["description"] = description.strip()
-        edits = sorted(set(stored.user_edits) | set(changes))
-        updated = stored.model_copy(update={**changes, "user_edits": edits, "updated_at": now()})
         with self.db.transaction() as c:
+            stored = self.db.model(key)  # re-read: a scan may have changed it meanwhile
+            if stored is None:
+                raise ModelNotFound(f"model {key} was removed")
+            if name is not _UNSET:
+                clean = sanitize_name(name)
+                taken = self.db.names(stored.type, stored.base) - {stored.name}
+                if clean.casefold() in {t.casefold() for t in taken}:
+                    raise ModelError(f"a {stored.type} for {stored.base} named '{clean}' exists")
+                changes["name"] = clean
+            edits = sorted(set(stored.user_edits) | set(changes))
+            update = {**changes, "user_edits": edits, "updated_at": now()}
+            updated = stored.model_copy(update=update)
             self.db.upsert(c, updated)
         return updated.public()
 
@@ -283,20 +291,27 @@ class ModelManager:
                 (self.paths.autoimport_lora, "lora"),
                 (self.paths.autoimport_main, "main"),
             )
+            skipped = self.db.skipped()
             for folder, kind in folders:
                 for path in autoimport.candidates(folder):
                     seen.add(path)
-                    self._scan_one(path, kind, full, report)
+                    self._scan_one(path, kind, full, skipped.get(str(path)), report)
             self._mark_missing(seen, report)
             return report
 
-    def _scan_one(self, path: Path, kind: ModelType, full: bool, report: ScanReport) -> None:
+    def _scan_one(
+        self,
+        path: Path,
+        kind: ModelType,
+        full: bool,
+        skipped: sqlite3.Row | None,
+        report: ScanReport,
+    ) -> None:
         try:
             fp = autoimport.fingerprint(path)
         except OSError:
             return  # vanished while scanning; the next scan sees it gone
         stored = self.db.by_path(path)
-        skipped = self.db.skipped().get(str(path))
         if not full and self._unchanged(stored, skipped, fp):
             report.unchanged += 1
             return
@@ -338,7 +353,12 @@ class ModelManager:
             self.db.upsert(c, record)
         report.updated.append(record.public())
 
-    def _unchanged(self, stored, skipped, fp: autoimport.Fingerprint) -> bool:
+    def _unchanged(
+        self,
+        stored: StoredModel | None,
+        skipped: sqlite3.Row | None,
+        fp: autoimport.Fingerprint,
+    ) -> bool:
         """Same size and mtime as when last recorded (or skipped as a duplicate of a model
         that is still there): nothing to re-hash."""
         if stored is not None and stored.status != "missing":
