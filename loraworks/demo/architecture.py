@@ -15,7 +15,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from loraworks.demo.data import CAPTION_WORDS
 from loraworks.demo.vocab import BOS_ID, EOS_ID, write_tokenizer
 
-TEXT_HIDDEN = 128
+TEXT_HIDDEN = 768
+"""SD1's text width: the engine and the manager tell SD1 from SD2/SDXL by it (768/1024/2048)."""
 LATENT_SIZE = 16
 SCHEDULE = dict(
     num_train_timesteps=1000,
@@ -51,18 +52,21 @@ def make_unet() -> UNet2DConditionModel:
         layers_per_block=1,
         norm_num_groups=16,
         cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=8,
+        attention_head_dim=2,  # diffusers' name for the number of heads in SD1 configs
     )
 
 
 def make_text_encoder() -> CLIPTextModel:
+    """2 layers, 768 wide, used frozen at its seeded random weights: distinct caption words
+    give distinct states the UNet learns to read, and training a 768-wide encoder would cost
+    several times the UNet per step on a CPU."""
     return CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=1000,
+            vocab_size=600,
             hidden_size=TEXT_HIDDEN,
-            intermediate_size=512,
+            intermediate_size=64,
             num_hidden_layers=2,
-            num_attention_heads=4,
+            num_attention_heads=12,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
             projection_dim=TEXT_HIDDEN,

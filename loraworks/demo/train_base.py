@@ -37,9 +37,9 @@ from loraworks.demo.training import (
 class BaseTrainConfig:
     out: Path
     vae_steps: int = 840
-    unet_steps: int = 6000
+    unet_steps: int = 4000
     images: int = 16000
-    batch: int = 32
+    batch: int = 16
     vae_lr: float = 2e-3
     vae_crop: int = 32
     lr: float = 1e-3
@@ -159,11 +159,39 @@ def export_pipeline(folder: Path, vae, unet, text_encoder, tokenizer) -> Path:
     return folder
 
 
-def train_unet(cfg: BaseTrainConfig, vae, data: EncodedSet, tokenizer) -> Path:
-    """UNet + text encoder, epsilon objective; exports the EMA weights at every checkpoint."""
+def text_encoder_for(cfg: BaseTrainConfig):
+    """The frozen text encoder: seeded random weights, saved once so a resume uses the same."""
+    path = cfg.out / "text_encoder.pt"
+    torch.manual_seed(cfg.seed)
+    te = arch.make_text_encoder()
+    state = load_checkpoint(path)
+    if state is None:
+        save_checkpoint(path, te.state_dict())
+    else:
+        te.load_state_dict(state)
+    return te.requires_grad_(False).eval()
+
+
+@dataclass
+class CaptionTable:
+    """Text-encoder outputs of each distinct caption, computed once (the encoder is frozen)."""
+
+    states: torch.Tensor
+    index: torch.Tensor
+    empty: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def make(cls, te, data: EncodedSet) -> CaptionTable:
+        unique, index = torch.unique(data.input_ids, dim=0, return_inverse=True)
+        return cls(states=te(unique)[0], index=index, empty=te(data.empty_ids[None])[0])
+
+
+def train_unet(cfg: BaseTrainConfig, vae, te, data: EncodedSet, tokenizer) -> Path:
+    """The UNet, epsilon objective; exports the EMA weights at every checkpoint."""
     path = cfg.out / "unet.pt"
-    unet, te = arch.make_unet(), arch.make_text_encoder()
-    params = [*unet.parameters(), *te.parameters()]
+    unet = arch.make_unet()
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema_decay)
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -171,23 +199,24 @@ def train_unet(cfg: BaseTrainConfig, vae, data: EncodedSet, tokenizer) -> Path:
     state = load_checkpoint(path)
     if state is not None:
         unet.load_state_dict(state["unet"])
-        te.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
         ema.shadow = state["ema"]
         g.set_state(state["rng"])
         start = state["step"]
+    captions = CaptionTable.make(te, data)
     noise_sched = arch.make_noise_scheduler()
     log = StepLog("unet")
     unet.train()
-    te.train()
     n = len(data.latents)
     for step in range(start, cfg.unet_steps):
         lr = cosine_lr(step, cfg.unet_steps, cfg.lr, warmup=200)
         set_lr(opt, lr)
         idx = torch.randint(n, (cfg.batch,), generator=g)
         drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
-        ids = torch.where(drop[:, None], data.empty_ids[None], data.input_ids[idx])
-        loss = epsilon_loss(unet, te, data.latents[idx], ids, noise_sched, g)
+        states = torch.where(
+            drop[:, None, None], captions.empty, captions.states[captions.index[idx]]
+        )
+        loss = epsilon_loss(unet, data.latents[idx], states, noise_sched, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -200,23 +229,22 @@ def train_unet(cfg: BaseTrainConfig, vae, data: EncodedSet, tokenizer) -> Path:
                 path,
                 {
                     "unet": unet.state_dict(),
-                    "text_encoder": te.state_dict(),
                     "opt": opt.state_dict(),
                     "ema": ema.shadow,
                     "rng": g.get_state(),
                     "step": step + 1,
                 },
             )
-            export_ema(cfg, ema, vae, tokenizer, step + 1)
+            export_ema(cfg, ema, vae, te, tokenizer, step + 1)
     return cfg.out / "model"
 
 
-def export_ema(cfg: BaseTrainConfig, ema: EMA, vae, tokenizer, step: int) -> None:
+def export_ema(cfg: BaseTrainConfig, ema: EMA, vae, te, tokenizer, step: int) -> None:
     """Write the EMA weights as the diffusers folder `out/model` (replaced atomically)."""
-    unet, te = arch.make_unet(), arch.make_text_encoder()
-    ema.copy_to([*unet.parameters(), *te.parameters()])
+    unet = arch.make_unet()
+    ema.copy_to(list(unet.parameters()))
     tmp = cfg.out / "model.tmp"
-    export_pipeline(tmp, vae, unet.eval(), te.eval(), tokenizer)
+    export_pipeline(tmp, vae, unet.eval(), te, tokenizer)
     (tmp / "step.txt").write_text(f"{step}\n")
     final = cfg.out / "model"
     if final.exists():
@@ -242,9 +270,10 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     images = to_tensor(shapes.images)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = arch.make_tokenizer(Path(tmp))
+    te = text_encoder_for(cfg)
     vae = train_vae(cfg, images)
     data = encode_set(cfg, vae, images, shapes.captions, tokenizer)
-    return train_unet(cfg, vae, data, tokenizer)
+    return train_unet(cfg, vae, te, data, tokenizer)
 
 
 if __name__ == "__main__":

@@ -116,14 +116,14 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 def epsilon_loss(
-    unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor, scheduler, g
+    unet, latents: torch.Tensor, encoder_states: torch.Tensor, scheduler, g
 ) -> torch.Tensor:
     """SD's training objective: predict the added noise at a random timestep, min-SNR weighted."""
     noise = torch.randn(latents.shape, generator=g)
     acp = scheduler.alphas_cumprod
     t = torch.randint(0, len(acp), (len(latents),), generator=g)
     noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, text_encoder(input_ids)[0]).sample
+    pred = unet(noisy, t, encoder_states).sample
     per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
     return (min_snr_weights(t, acp) * per_sample).mean()
 
