@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ def pipeline_class(base: str):
 
 def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
     """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`; `kwargs` go to
-    diffusers (e.g. `torch_dtype`)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    diffusers (e.g. `torch_dtype`). Folders load with `local_files_only`; single files never
+    touch the hub at all."""
     cls = pipeline_class(record.base or "sd1")
     if record.base != "sdxl":
         kwargs.setdefault("safety_checker", None)
