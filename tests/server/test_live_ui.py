@@ -60,7 +60,8 @@ def _wait_for(condition, what: str, limit: float = 30.0):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
