@@ -239,7 +239,9 @@ def build(
             raise LoRAFormatError(f"unknown base {base!r} (sd1, sd2, sdxl)")
         found, compat, evidence, warnings = base, frozenset({base}), ["given by the caller"], []
     else:
-        found, compat, evidence, warnings = probe_base(layers, metadata, sgm_names=conv.sgm_names)
+        found, compat, evidence, warnings = probe_base(
+            layers, metadata, sgm_names=conv.sgm_names, hint=conv.base_hint
+        )
     return LoRA(
         layers=layers,
         base=found,

@@ -15,9 +15,13 @@ so the answer never depends on the order of keys in the file:
 3. *Metadata* (a hint only, used when 1–2 leave a choice): ``ss_base_model_version``, ``ss_v2``,
    ``modelspec.architecture``.
 
-If the evidence contradicts itself, or nothing decides, `LoRAFormatError` says what was seen.
-The one accepted ambiguity is a LoRA whose only evidence is a 768-wide ``text_encoder``: its
-base is "sd1" and `LoRA.compatible_bases` is {sd1, sdxl}.
+If the evidence contradicts itself, or there is no evidence at all, `LoRAFormatError` says what
+was seen. When evidence narrows the choice to two bases that the tensors both fit (e.g. a
+CLIP-L-only LoRA: sd1 or sdxl; an IA³ file on attention outputs: sd1 or sd2) the LoRA gets the
+first of ``PREFERENCE`` as ``base``, both in `LoRA.compatible_bases` (it applies to either
+without `LoRABaseMismatch`) and a warning; ``load_lora(..., base=...)`` overrides.
+
+Model-name hints: ``base_model_name_or_path`` of a PEFT config is read like metadata.
 """
 
 from __future__ import annotations
@@ -28,10 +32,24 @@ from .errors import LoRAFormatError
 from .layers import Layer
 
 ALL = frozenset({"sd1", "sd2", "sdxl"})
+#: which base an ambiguous LoRA is taken as (it still applies to every base it fits)
+PREFERENCE = ("sd1", "sdxl", "sd2")
 CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 _TE_LINEAR = re.compile(r"(self_attn\.(q|k|v|out)_proj|mlp\.fc1)$")
 _PROJ = re.compile(r"\.attentions\.\d+\.proj_(in|out)$")
+
+
+def name_hint(name: str | None) -> str | None:
+    """A base from a model name such as ``stabilityai/stable-diffusion-xl-base-1.0``."""
+    n = (name or "").lower()
+    if "xl" in n and ("stable-diffusion" in n or "sdxl" in n or "sd_xl" in n):
+        return "sdxl"
+    if re.search(r"stable-diffusion-2|sd-?2[._-]?[01]|sd_v2|v2-1", n):
+        return "sd2"
+    if re.search(r"stable-diffusion-v1|sd-?1[._-]?5|sd_v1|v1-5", n):
+        return "sd1"
+    return None
 
 
 def metadata_hint(metadata: dict[str, str]) -> str | None:
@@ -55,9 +73,13 @@ def metadata_hint(metadata: dict[str, str]) -> str | None:
 
 
 def probe_base(
-    layers: dict[str, Layer], metadata: dict[str, str] | None = None, sgm_names: bool = False
+    layers: dict[str, Layer],
+    metadata: dict[str, str] | None = None,
+    sgm_names: bool = False,
+    hint: str | None = None,
 ) -> tuple[str, frozenset[str], list[str], list[str]]:
-    """Return (base, compatible bases, evidence lines, warnings)."""
+    """Return (base, compatible bases, evidence lines, warnings). ``hint`` (e.g. from a PEFT
+    config's ``base_model_name_or_path``) counts like metadata."""
     metadata = metadata or {}
     decisive: list[tuple[str, frozenset[str]]] = []
     structural: list[tuple[str, frozenset[str]]] = []
@@ -87,10 +109,10 @@ def probe_base(
             if path.startswith(("down_blocks.3.", "up_blocks.3.", "down_blocks.0.attentions.")):
                 add(structural, f"4-level UNet layout ({path})", {"sd1", "sd2"})
             if _PROJ.search(path):
-                shape = layer.delta_shape()
-                if shape is not None and len(shape) == 4:
+                conv = layer.is_conv()
+                if conv is True:
                     add(soft, f"1x1 conv proj ({path})", {"sd1"})
-                elif shape is not None and len(shape) == 2:
+                elif conv is False:
                     add(soft, f"linear proj ({path})", {"sd2", "sdxl"})
         elif comp in ("text_encoder", "text_encoder_2") and _TE_LINEAR.search(path):
             w = layer.in_features()
@@ -128,7 +150,7 @@ def probe_base(
             evidence.append(f"{what} → {'/'.join(sorted(bases))}")
 
     warnings: list[str] = []
-    hint = metadata_hint(metadata)
+    hint = metadata_hint(metadata) or hint
     if hint is not None:
         if hint in cands:
             if len(cands) > 1:
@@ -143,8 +165,13 @@ def probe_base(
         return base, cands, evidence, warnings
     if hint in cands:
         return hint, cands, evidence, warnings
-    if cands == frozenset({"sd1", "sdxl"}) and te1 == {768} and not te2:
-        return "sd1", cands, [*evidence, "CLIP-L only: taken as sd1, also fits sdxl"], warnings
+    if cands != ALL:
+        base = next(b for b in PREFERENCE if b in cands)
+        warnings.append(
+            f"the tensors fit {'/'.join(sorted(cands))}; taken as {base} "
+            "(load_lora(..., base=...) overrides)"
+        )
+        return base, cands, [*evidence, f"ambiguous: taken as {base}"], warnings
     raise LoRAFormatError(
         "cannot tell the base model of this LoRA (no cross-attention or text-encoder layer, no "
         "decisive structure, no metadata); candidates: "

@@ -26,5 +26,7 @@ class Converted:
     default: Convention = field(default_factory=Convention)
     unet_names: str | None = None
     sgm_names: bool = False
+    #: a base named by the producer's config (PEFT ``base_model_name_or_path``)
+    base_hint: str | None = None
     #: original key prefix per target, for error messages
     origin: dict[str, str] = field(default_factory=dict)

@@ -142,6 +142,13 @@ class Layer:
         """Input width of a linear target (used by the base-model probe)."""
         return None
 
+    def is_conv(self) -> bool | None:
+        """Whether the target is a conv (4-D weight); None when the layer does not say."""
+        shape = self.delta_shape()
+        if shape is None:
+            return None
+        return len(shape) == 4
+
     def tensors(self) -> dict[str, Tensor]:
         return {}
 

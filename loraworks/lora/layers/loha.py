@@ -71,6 +71,9 @@ class LoHaLayer(Layer):
             return (int(self.w1a.shape[1]), int(self.w1b.shape[1]), *self.t1.shape[2:])
         return (int(self.w1a.shape[0]), int(self.w1b.shape[1]))
 
+    def is_conv(self):
+        return True if self.t1 is not None else None  # a flat [out, in·k·k] could be either
+
     def in_features(self):
         return int(self.w1b.shape[1])
 

@@ -115,6 +115,9 @@ class LoKrLayer(Layer):
     def delta_shape(self):
         return self._shape
 
+    def is_conv(self):
+        return len(self._shape) == 4 or None  # a flat [out, in·k·k] could be either
+
     def in_features(self):
         return int(self._shape[1]) if len(self._shape) == 2 else None
 
