@@ -22,6 +22,7 @@ class Score:
 
     n: int
     right: float
+    shape_and_colour: float
     colour: float
     shape: float
     background: float
@@ -43,6 +44,7 @@ def score(expected: list[Label], images: list[np.ndarray]) -> Score:
     return Score(
         n=len(pairs),
         right=frac(lambda e, g: e == g),
+        shape_and_colour=frac(lambda e, g: (e.shape, e.colour) == (g.shape, g.colour)),
         colour=frac(lambda e, g: e.colour == g.colour),
         shape=frac(lambda e, g: e.shape == g.shape),
         background=frac(lambda e, g: e.background == g.background),
@@ -89,6 +91,17 @@ def draw(
     return [label for label, _ in jobs], images
 
 
+@torch.no_grad()
+def reconstruction_score(vae, n: int = 240, seed: int = 99) -> Score:
+    """Judge the VAE alone: encode and decode unseen dataset pictures."""
+    from loraworks.demo.data import make_set, to_tensor
+
+    shapes = make_set(n, seed)
+    out = vae.decode(vae.encode(to_tensor(shapes.images)).latent_dist.mean).sample
+    pictures = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return score(shapes.labels, list(pictures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
@@ -97,9 +110,13 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--scheduler", default="euler")
     parser.add_argument("--stars", action="store_true", help="judge star prompts instead")
+    parser.add_argument("--vae-only", action="store_true", help="judge VAE reconstructions")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     pipe = load_pipeline(args.model)
+    if args.vae_only:
+        print(f"{args.model} VAE reconstructions: {reconstruction_score(pipe.vae)}", flush=True)
+        return
     use_scheduler(pipe, args.scheduler)
     labels = all_labels((STAR,) if args.stars else BASE_SHAPES)
     t0 = time.perf_counter()

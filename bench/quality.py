@@ -1,0 +1,110 @@
+"""Judge scores of the demo model, its LCM-LoRA and its concept LoRA, through `generate`.
+
+Every row draws all its prompts (24 base prompts, or the 8 zkstar prompts) at `--seeds`
+seeds; sweeps vary the LCM-LoRA weight and the concept-LoRA weight. Prints a Markdown report
+(the "Demo quality" section of docs/benchmarks.md) and writes the raw numbers as JSON.
+
+    .venv/bin/python bench/quality.py --seeds 10 --json /tmp/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from loraworks.demo.run import (
+    LCM_NAME,
+    STAR_NAME,
+    Row,
+    RowResult,
+    install_demo,
+    row_labels,
+    rows,
+    run_row,
+)
+from loraworks.models import ModelManager
+
+LCM_WEIGHTS = (0.2, 0.35, 0.5, 0.75, 1.0)
+STAR_WEIGHTS = (0.0, 0.3, 0.45, 0.6, 0.8, 1.0, 1.2)
+
+
+def measure(mm, row: Row, seeds: list[int]) -> RowResult:
+    result = run_row(mm, row, row_labels(row), seeds)
+    s = result.score
+    print(
+        f"| {row.title} | {s.n} | {s.right:.1%} | {s.shape_and_colour:.1%} | {s.colour:.1%} | "
+        f"{s.shape:.1%} | {s.background:.1%} | {result.seconds / s.n:.3f} |",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per prompt for each row")
+    parser.add_argument("--sweep-seeds", type=int, default=10, help="seeds per prompt in sweeps")
+    parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    seeds = list(range(args.seeds))
+    sweep_seeds = list(range(args.sweep_seeds))
+    report: dict[str, object] = {"seeds": args.seeds, "sweep_seeds": args.sweep_seeds}
+    with tempfile.TemporaryDirectory() as root:
+        mm = ModelManager.open(Path(root))
+        install_demo(mm)
+        print("| row | images | all right | shape+colour | colour | shape | background | s/image |")
+        print("|---|---|---|---|---|---|---|---|")
+        demo_rows = rows()
+        extra = Row("LCM scheduler alone (no LoRA), 4 steps, CFG 1", 4, 1.0, "lcm")
+        results = [measure(mm, row, seeds) for row in [*demo_rows, extra]]
+        report["rows"] = [
+            {"row": asdict(r.row), "score": asdict(r.score), "seconds": r.seconds} for r in results
+        ]
+        base25, lcm4 = results[0], results[2]
+        ratio = (base25.seconds / base25.score.n) / (lcm4.seconds / lcm4.score.n)
+        report["lcm_speedup"] = ratio
+        print(f"\nLCM-LoRA 4 steps CFG 1 vs base 25 steps CFG 5, end to end: {ratio:.1f}x faster")
+        if not args.no_sweeps:
+            sweeps: dict[str, list] = {"lcm": [], "star": []}
+            print("\n| LCM-LoRA weight (4 steps, CFG 1) | images | all right |")
+            print("|---|---|---|")
+            for w in LCM_WEIGHTS:
+                r = run_row(
+                    mm,
+                    replace(demo_rows[2], loras=((LCM_NAME, w),)),
+                    row_labels(demo_rows[2]),
+                    sweep_seeds,
+                )
+                sweeps["lcm"].append({"weight": w, "score": asdict(r.score)})
+                print(f"| {w} | {r.score.n} | {r.score.right:.1%} |", flush=True)
+            print(
+                "\n| demo-star weight (25 steps, CFG 5) | images "
+                "| stars of the asked colour | all right |"
+            )
+            print("|---|---|---|---|")
+            for w in STAR_WEIGHTS:
+                r = run_row(
+                    mm,
+                    replace(demo_rows[3], loras=((STAR_NAME, w),)),
+                    row_labels(demo_rows[3]),
+                    sweep_seeds,
+                )
+                sweeps["star"].append({"weight": w, "score": asdict(r.score)})
+                print(
+                    f"| {w} | {r.score.n} | {r.score.shape_and_colour:.1%} | {r.score.right:.1%} |",
+                    flush=True,
+                )
+            report["sweeps"] = sweeps
+        mm.close()
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
