@@ -137,3 +137,15 @@ def test_cli_install_edit_show_remove(cli, tmp_path):
     assert cli.json("list", "--base", "sdxl") == []
     cli("remove", "owl")
     assert cli.json("list") == []
+
+
+def test_standalone_vae_file(mm, tmp_path):
+    from tests.fixtures.models import build_vae
+    from tests.models.ldm_layout import vae_to_ldm
+
+    state = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(build_vae()).items()}
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "vae-ft-mse.safetensors")
+    )
+    record = mm.install(tmp_path / "vae-ft-mse.safetensors")
+    assert (record.type, record.base, record.format) == ("vae", "sd1", "checkpoint")

@@ -90,3 +90,21 @@ def test_sigkill_during_install_leaves_root_consistent(root, tmp_path, stage):
     assert list(models.iterdir()) == []
     record = mm.install(src)  # and installing again works
     assert [p.name for p in models.iterdir()] == [record.key]
+
+
+def test_diffusers_folder_with_bin_weights(mm, tmp_path):
+    from tests.models.lora_files import lcm_sd1_tensors
+
+    good = tmp_path / "lcm-bin"
+    good.mkdir()
+    torch.save(lcm_sd1_tensors(), good / "pytorch_lora_weights.bin")
+    record = mm.install(good)
+    assert (record.format, record.base, record.is_lcm) == ("diffusers", "sd1", True)
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil-folder"
+    evil.mkdir()
+    torch.save({"x": Payload(marker)}, evil / "pytorch_lora_weights.bin")
+    with pytest.raises(UnsafeFileError, match="refused"):
+        mm.install(evil)
+    assert not marker.exists()
