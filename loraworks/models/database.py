@@ -11,14 +11,13 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from loraworks.models.errors import ModelError
-from loraworks.models.records import ImageRecord, ModelRecord
+from loraworks.models.names import unique_name
+from loraworks.models.records import ImageRecord
+from loraworks.models.stored import StoredModel, now
 
 # Each entry moves the schema from version i to i + 1. Never edit a shipped entry; append.
 MIGRATIONS: tuple[str, ...] = (
@@ -65,12 +64,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-_JSON_COLUMNS = ("trigger_words", "metadata", "user_edits")
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Database:
@@ -155,6 +148,17 @@ class Database:
             f"INSERT OR REPLACE INTO models ({columns}) VALUES ({marks})", tuple(values.values())
         )
 
+    def insert_new(self, stored: StoredModel) -> StoredModel:
+        """Insert a new record, settling its unique name inside the write transaction (another
+        process may have taken the name, or recorded the same in-place file, meanwhile)."""
+        with self.transaction() as c:
+            if stored.in_place and (other := self.by_path(stored.path)) is not None:
+                return other
+            name = unique_name(stored.name, self.names(stored.type, stored.base))
+            stored = stored.model_copy(update={"name": name})
+            self.upsert(c, stored)
+        return stored
+
     def delete_model(self, c: sqlite3.Connection, key: str) -> None:
         c.execute("DELETE FROM models WHERE key = ?", (key,))
 
@@ -204,32 +208,3 @@ def _image(row: sqlite3.Row) -> ImageRecord:
         recipe=json.loads(row["recipe"]),
         created_at=row["created_at"],
     )
-
-
-class StoredModel(ModelRecord):
-    """A record plus the bookkeeping columns users never see."""
-
-    mtime_ns: int = 0
-    user_edits: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredModel:
-        data = dict(row)
-        for col in _JSON_COLUMNS:
-            data[col] = json.loads(data[col])
-        data["in_place"] = bool(data["in_place"])
-        data["is_lcm"] = bool(data["is_lcm"])
-        return cls.model_validate(data)
-
-    def to_row(self) -> dict[str, Any]:
-        data = self.model_dump()
-        for col in _JSON_COLUMNS:
-            data[col] = json.dumps(data[col])
-        data["path"] = str(self.path)
-        data["preview_path"] = str(self.preview_path) if self.preview_path else None
-        data["in_place"] = int(self.in_place)
-        data["is_lcm"] = int(self.is_lcm)
-        return data
-
-    def public(self) -> ModelRecord:
-        return ModelRecord.model_validate(self.model_dump(exclude={"mtime_ns", "user_edits"}))

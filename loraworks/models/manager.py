@@ -6,7 +6,6 @@ import difflib
 import logging
 import math
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
@@ -17,23 +16,23 @@ from pydantic import ValidationError
 
 from loraworks.models import autoimport
 from loraworks.models.config import Config
-from loraworks.models.database import Database, StoredModel, now
+from loraworks.models.database import Database
 from loraworks.models.errors import ModelError, ModelNotFound
 from loraworks.models.images import Gallery
 from loraworks.models.install import clean_leftovers, copy_into, discard, install_lock
-from loraworks.models.metadata import CardFacts, card_facts, sidecar_base
-from loraworks.models.names import sanitize_name, unique_name
+from loraworks.models.metadata import card_facts, sidecar_base
+from loraworks.models.names import sanitize_name
 from loraworks.models.paths import RootPaths, resolve_root
-from loraworks.models.probe import Probe, content_hash, probe
+from loraworks.models.probe import probe
 from loraworks.models.records import (
-    EDITABLE_FIELDS,
     BaseName,
-    Duplicate,
     ModelRecord,
     ModelType,
     ScanReport,
 )
 from loraworks.models.remote import fetch_remote, is_remote
+from loraworks.models.scanning import Scanner, stem
+from loraworks.models.stored import StoredModel, now
 
 _UNSET: Any = object()
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class ModelManager:
         self.db = db
         self.images = Gallery(db, paths.outputs)
         self.last_scan = ScanReport()  # what the scan at `open` found
-        self._scan_lock = threading.Lock()
+        self._scanner = Scanner(db, paths)
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, scan: bool = True) -> ModelManager:
@@ -167,7 +166,7 @@ class ModelManager:
         them back."""
         stored = self._stored(key)
         if delete_files is None:
-            delete_files = not stored.in_place or self._in_autoimport(stored.path)
+            delete_files = not stored.in_place or self.paths.in_autoimport(stored.path)
         with self.db.transaction() as c:
             self.db.delete_model(c, stored.key)
         if not stored.in_place:
@@ -202,9 +201,12 @@ class ModelManager:
             return existing.public()
         facts = card_facts(found.metadata, sidecar_base(found.weights, path))
         key = uuid.uuid4().hex
-        stored = self._new_record(key, found, path, facts, name or _stem(path), in_place=not copy)
+        clean = sanitize_name(name or stem(path))
+        stored = StoredModel.from_probe(
+            key, found, path, facts, clean, not copy, autoimport.fingerprint(path)
+        )
         if not copy:
-            return self._commit_new(stored).public()
+            return self.db.insert_new(stored).public()
         extras = {}
         if facts.preview_path is not None:
             extras["preview" + facts.preview_path.suffix.lower()] = facts.preview_path
@@ -218,55 +220,11 @@ class ModelManager:
                 }
             )
             try:
-                stored = self._commit_new(stored)
+                stored = self.db.insert_new(stored)
             except BaseException:
                 discard(self.paths.models, key)
                 raise
         return stored.public()
-
-    def _commit_new(self, stored: StoredModel) -> StoredModel:
-        """Insert a new record, settling its unique name inside the write transaction (another
-        process may have taken the name since the record was built)."""
-        with self.db.transaction() as c:
-            if stored.in_place and (other := self.db.by_path(stored.path)) is not None:
-                return other  # another process recorded this file first
-            name = unique_name(stored.name, self.db.names(stored.type, stored.base))
-            stored = stored.model_copy(update={"name": name})
-            self.db.upsert(c, stored)
-        return stored
-
-    def _new_record(
-        self,
-        key: str,
-        found: Probe,
-        path: Path,
-        facts: CardFacts,
-        name: str,
-        in_place: bool,
-    ) -> StoredModel:
-        stamp = now()
-        fp = autoimport.fingerprint(path)
-        return StoredModel(
-            key=key,
-            name=sanitize_name(name),
-            type=found.type,
-            base=found.base,
-            format=found.format,
-            path=path,
-            in_place=in_place,
-            hash=found.hash,
-            size=fp.size,
-            mtime_ns=fp.mtime_ns,
-            source=str(path),
-            trigger_words=facts.trigger_words,
-            default_weight=facts.default_weight,
-            is_lcm=found.is_lcm,
-            description=facts.description,
-            metadata=found.metadata,
-            preview_path=facts.preview_path,
-            created_at=stamp,
-            updated_at=stamp,
-        )
 
     def _clean_interrupted_installs(self) -> None:
         with install_lock(self.paths.install_lock, exclusive=True, wait=False) as held:
@@ -276,165 +234,10 @@ class ModelManager:
 
     # --- autoimport -----------------------------------------------------------------------
 
-    def _in_autoimport(self, path: Path) -> bool:
-        return path.is_relative_to(self.paths.autoimport)
-
     def scan(self, full: bool = False) -> ScanReport:
-        """Bring records in line with the drop folders (and in-place files).
-
-        Unchanged files (same size and mtime) are skipped unless `full`.
-        """
-        with self._scan_lock:
-            report = ScanReport()
-            seen: set[Path] = set()
-            folders: tuple[tuple[Path, ModelType], ...] = (
-                (self.paths.autoimport_lora, "lora"),
-                (self.paths.autoimport_main, "main"),
-            )
-            skipped = self.db.skipped()
-            for folder, kind in folders:
-                for path in autoimport.candidates(folder):
-                    seen.add(path)
-                    self._scan_one(path, kind, full, skipped.get(str(path)), report)
-            self._mark_missing(seen, report)
-            return report
-
-    def _scan_one(
-        self,
-        path: Path,
-        kind: ModelType,
-        full: bool,
-        skipped: sqlite3.Row | None,
-        report: ScanReport,
-    ) -> None:
-        try:
-            fp = autoimport.fingerprint(path)
-        except OSError:
-            return  # vanished while scanning; the next scan sees it gone
-        stored = self.db.by_path(path)
-        if not full and self._unchanged(stored, skipped, fp):
-            report.unchanged += 1
-            return
-        with self.db.transaction() as c:
-            c.execute("DELETE FROM skipped_files WHERE path = ?", (str(path),))
-        try:
-            digest = content_hash(path)
-        except (OSError, ModelError) as exc:
-            self._record_error(path, kind, fp, None, _reason(exc), stored, report)
-            return
-        twin = self.db.by_hash(digest)
-        if twin is not None and twin.in_place and not twin.path.exists() and stored is None:
-            stored, twin = twin, None  # moved or renamed since the last scan
-        if twin is not None and twin.path != path:
-            if stored is not None:
-                with self.db.transaction() as c:
-                    self.db.delete_model(c, stored.key)
-            with self.db.transaction() as c:
-                c.execute(
-                    "INSERT OR REPLACE INTO skipped_files VALUES (?, ?, ?, ?)",
-                    (str(path), fp.size, fp.mtime_ns, twin.key),
-                )
-            report.duplicates.append(Duplicate(path, twin.key, twin.name))
-            return
-        if stored is None:
-            stored = self._moved_record(digest)
-        try:
-            found = probe(path, expect=kind)
-        except ModelError as exc:
-            self._record_error(path, kind, fp, digest, _reason(exc), stored, report)
-            return
-        facts = card_facts(found.metadata, sidecar_base(found.weights, path))
-        if stored is None:
-            record = self._new_record(uuid.uuid4().hex, found, path, facts, _stem(path), True)
-            report.added.append(self._commit_new(record).public())
-            return
-        record = _refreshed(stored, found, path, facts, fp, self.db.names)
-        with self.db.transaction() as c:
-            self.db.upsert(c, record)
-        report.updated.append(record.public())
-
-    def _unchanged(
-        self,
-        stored: StoredModel | None,
-        skipped: sqlite3.Row | None,
-        fp: autoimport.Fingerprint,
-    ) -> bool:
-        """Same size and mtime as when last recorded (or skipped as a duplicate of a model
-        that is still there): nothing to re-hash."""
-        if stored is not None and stored.status != "missing":
-            return (stored.size, stored.mtime_ns) == (fp.size, fp.mtime_ns)
-        if skipped is not None and (skipped["size"], skipped["mtime_ns"]) == (
-            fp.size,
-            fp.mtime_ns,
-        ):
-            original = self.db.model(skipped["duplicate_of"])
-            return original is not None and original.status != "missing"
-        return False
-
-    def _moved_record(self, digest: str) -> StoredModel | None:
-        """A `missing` drop-folder record with this content: the file was moved or renamed."""
-        for m in self.db.models("WHERE hash = ? AND status = 'missing'", (digest,)):
-            if m.in_place:
-                return m
-        return None
-
-    def _record_error(
-        self,
-        path: Path,
-        kind: ModelType,
-        fp: autoimport.Fingerprint,
-        digest: str | None,
-        reason: str,
-        stored: StoredModel | None,
-        report: ScanReport,
-    ) -> None:
-        """Record (or mark) an unusable drop-folder file with the reason, shown in listings."""
-        stamp = now()
-        facts = {
-            "status": "error",
-            "error": reason,
-            "hash": digest,
-            "size": fp.size,
-            "mtime_ns": fp.mtime_ns,
-            "updated_at": stamp,
-        }
-        if stored is None:
-            record = self._commit_new(
-                StoredModel(
-                    key=uuid.uuid4().hex,
-                    name=sanitize_name(_stem(path)),
-                    type=kind,
-                    base=None,
-                    format="unknown",
-                    path=path,
-                    in_place=True,
-                    source=str(path),
-                    created_at=stamp,
-                    **facts,
-                )
-            )
-        else:
-            record = stored.model_copy(update=facts)
-            with self.db.transaction() as c:
-                self.db.upsert(c, record)
-        report.errors.append(record.public())
-
-    def _mark_missing(self, seen: set[Path], report: ScanReport) -> None:
-        for stored in self.db.models("WHERE in_place = 1 AND status != 'missing'"):
-            if stored.path in seen or (
-                not self._in_autoimport(stored.path) and stored.path.exists()
-            ):
-                continue
-            record = stored.model_copy(
-                update={"status": "missing", "error": "file not found", "updated_at": now()}
-            )
-            with self.db.transaction() as c:
-                self.db.upsert(c, record)
-            report.missing.append(record.public())
-        with self.db.transaction() as c:
-            for path in self.db.skipped():
-                if not Path(path).exists():
-                    c.execute("DELETE FROM skipped_files WHERE path = ?", (path,))
+        """Bring records in line with the drop folders (and in-place files); unchanged files
+        (same size and mtime) are not re-read unless `full`."""
+        return self._scanner.scan(full)
 
     def watch(
         self,
@@ -475,41 +278,6 @@ class ModelManager:
         return load_pipeline(record, self.paths.cache, **kwargs)
 
 
-def _refreshed(
-    stored: StoredModel,
-    found: Probe,
-    path: Path,
-    facts: CardFacts,
-    fp: autoimport.Fingerprint,
-    names,
-) -> StoredModel:
-    """`stored` updated from a new probe; user-edited fields keep their values."""
-    update: dict[str, Any] = {
-        "type": found.type,
-        "base": found.base,
-        "format": found.format,
-        "path": path,
-        "source": str(path),
-        "hash": found.hash,
-        "size": fp.size,
-        "mtime_ns": fp.mtime_ns,
-        "is_lcm": found.is_lcm,
-        "metadata": found.metadata,
-        "preview_path": facts.preview_path,
-        "status": "ok",
-        "error": None,
-        "updated_at": now(),
-        "trigger_words": facts.trigger_words,
-        "default_weight": facts.default_weight,
-        "description": facts.description,
-    }
-    if (stored.type, stored.base) != (found.type, found.base) and "name" not in stored.user_edits:
-        update["name"] = unique_name(stored.name, names(found.type, found.base))
-    for edited in set(stored.user_edits) & set(EDITABLE_FIELDS):
-        update.pop(edited, None)
-    return stored.model_copy(update=update)
-
-
 def close_matches(query: str, names: list[str], limit: int = 5) -> list[str]:
     """Names like `query` (difflib), plus names that contain it or that it contains."""
     folded = {n.casefold(): n for n in names}
@@ -519,16 +287,8 @@ def close_matches(query: str, names: list[str], limit: int = 5) -> list[str]:
     return [folded[f] for f in dict.fromkeys(similar + overlapping)][:limit]
 
 
-def _stem(path: Path) -> str:
-    return path.name if path.is_dir() else path.stem
-
-
 def _remote_name(source: str) -> str:
     return source.rstrip("/").split("/")[-1].split("?")[0].rsplit(".", 1)[0]
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 def _delete_path(path: Path) -> None:

@@ -63,6 +63,9 @@ class RootPaths:
         """Derived files (e.g. pipeline configs for single-file checkpoints); safe to delete."""
         return self.root / "cache"
 
+    def in_autoimport(self, path: Path) -> bool:
+        return path.is_relative_to(self.autoimport)
+
     def create(self) -> None:
         for folder in (
             self.databases,

@@ -69,7 +69,7 @@ def test_rescan_is_incremental(root, monkeypatch):
     def no_hashing(path):
         raise AssertionError(f"re-hashed unchanged {path}")
 
-    monkeypatch.setattr("loraworks.models.manager.content_hash", no_hashing)
+    monkeypatch.setattr("loraworks.models.scanning.content_hash", no_hashing)
     mm = ModelManager.open(root)
     assert mm.last_scan.unchanged == 4
     assert not mm.last_scan.changed

@@ -1,0 +1,115 @@
+"""The stored form of a model record: the public fields plus bookkeeping, and how a record
+is built from a probe and refreshed by a rescan."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from loraworks.models.autoimport import Fingerprint
+from loraworks.models.metadata import CardFacts
+from loraworks.models.probe import Probe
+from loraworks.models.records import EDITABLE_FIELDS, ModelRecord
+
+_JSON_COLUMNS = ("trigger_words", "metadata", "user_edits")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class StoredModel(ModelRecord):
+    """A record plus the bookkeeping columns users never see."""
+
+    mtime_ns: int = 0
+    user_edits: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredModel:
+        data = dict(row)
+        for col in _JSON_COLUMNS:
+            data[col] = json.loads(data[col])
+        data["in_place"] = bool(data["in_place"])
+        data["is_lcm"] = bool(data["is_lcm"])
+        return cls.model_validate(data)
+
+    def to_row(self) -> dict[str, Any]:
+        data = self.model_dump()
+        for col in _JSON_COLUMNS:
+            data[col] = json.dumps(data[col])
+        data["path"] = str(self.path)
+        data["preview_path"] = str(self.preview_path) if self.preview_path else None
+        data["in_place"] = int(self.in_place)
+        data["is_lcm"] = int(self.is_lcm)
+        return data
+
+    def public(self) -> ModelRecord:
+        return ModelRecord.model_validate(self.model_dump(exclude={"mtime_ns", "user_edits"}))
+
+    @classmethod
+    def from_probe(
+        cls,
+        key: str,
+        found: Probe,
+        path: Path,
+        facts: CardFacts,
+        name: str,
+        in_place: bool,
+        fp: Fingerprint,
+    ) -> StoredModel:
+        """A new `ok` record (its name is made unique when it is inserted)."""
+        stamp = now()
+        return cls(
+            key=key,
+            name=name,
+            type=found.type,
+            base=found.base,
+            format=found.format,
+            path=path,
+            in_place=in_place,
+            hash=found.hash,
+            size=fp.size,
+            mtime_ns=fp.mtime_ns,
+            source=str(path),
+            trigger_words=facts.trigger_words,
+            default_weight=facts.default_weight,
+            is_lcm=found.is_lcm,
+            description=facts.description,
+            metadata=found.metadata,
+            preview_path=facts.preview_path,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+
+    def refreshed(
+        self, found: Probe, path: Path, facts: CardFacts, fp: Fingerprint, name: str
+    ) -> StoredModel:
+        """This record after a new probe of its file; user-edited fields keep their values."""
+        update: dict[str, Any] = {
+            "name": name,
+            "type": found.type,
+            "base": found.base,
+            "format": found.format,
+            "path": path,
+            "source": str(path),
+            "hash": found.hash,
+            "size": fp.size,
+            "mtime_ns": fp.mtime_ns,
+            "is_lcm": found.is_lcm,
+            "metadata": found.metadata,
+            "preview_path": facts.preview_path,
+            "status": "ok",
+            "error": None,
+            "updated_at": now(),
+            "trigger_words": facts.trigger_words,
+            "default_weight": facts.default_weight,
+            "description": facts.description,
+        }
+        for edited in set(self.user_edits) & set(EDITABLE_FIELDS):
+            update.pop(edited, None)
+        return self.model_copy(update=update)
