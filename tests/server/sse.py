@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 
-def read_events(client, item_id: str) -> list[dict]:
-    """Every event of an item's stream as `{"event": name, **data}`, until the server ends it."""
+def read_events(
+    client, item_id: str, after_first: Callable[[], object] | None = None
+) -> list[dict]:
+    """Every event of an item's stream as `{"event": name, **data}`, until the server ends it.
+
+    `after_first` runs once the first event has arrived, i.e. once the stream is subscribed.
+    """
     events, name, data = [], None, []
     with client.stream("GET", f"/api/queue/{item_id}/events") as stream:
         assert stream.status_code == 200
@@ -19,4 +25,6 @@ def read_events(client, item_id: str) -> list[dict]:
             elif not line and data:
                 events.append({"event": name, **json.loads("".join(data))})
                 name, data = None, []
+                if after_first is not None and len(events) == 1:
+                    after_first()
     return events

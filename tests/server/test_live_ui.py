@@ -210,6 +210,7 @@ def test_models_page_installs_shows_broken_files_and_edits(live, page, tmp_path)
     page.locator("[data-testid=rescan]").click()
     broken = page.locator("[data-testid=model-row][data-name='broken-ui']")
     expect(broken.locator("[data-testid=model-status]")).to_contain_text("error: ")
+    page.wait_for_load_state("networkidle")  # the table has re-rendered; now edit it
 
     glow = page.locator("[data-testid=model-row][data-name='glow']")
     glow.locator("[data-testid=edit-triggers]").fill("glowing, neon")
