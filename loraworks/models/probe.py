@@ -105,7 +105,12 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             f"(expected one of {', '.join(WEIGHT_SUFFIXES)})"
         )
     shapes = tensor_shapes(path)
-    if expect != "lora" and any(k.startswith(LDM_UNET_PREFIX) for k in shapes):
+    if any(k.startswith(LDM_UNET_PREFIX) for k in shapes):
+        if expect == "lora":
+            raise ModelError(
+                f"{path.name}: a full model checkpoint, not a LoRA (put it in autoimport/main "
+                f"or install it as a main model)"
+            )
         return Probe(
             type="main",
             base=_base_from_checkpoint(path.name, shapes),

@@ -147,3 +147,13 @@ def test_watch_rescans_on_drop(mm):
         thread.join(10)
     assert [r.name for r in reports[0].added] == ["dropped"]
     assert mm.get("dropped").status == "ok"
+
+
+def test_checkpoint_in_the_lora_folder_is_explained(root):
+    import torch
+
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    write(root / "autoimport/lora/full.safetensors", {key: torch.zeros(32, 768)})
+    record = ModelManager.open(root).get("full")
+    assert record.status == "error"
+    assert "a full model checkpoint, not a LoRA" in record.error
