@@ -210,15 +210,20 @@ def test_models_page_installs_shows_broken_files_and_edits(live, page, tmp_path)
     page.locator("[data-testid=rescan]").click()
     broken = page.locator("[data-testid=model-row][data-name='broken-ui']")
     expect(broken.locator("[data-testid=model-status]")).to_contain_text("error: ")
-    page.wait_for_load_state("networkidle")  # the table has re-rendered; now edit it
 
+    # edits typed while the table re-renders (the rescan, another row's save) are kept
     glow = page.locator("[data-testid=model-row][data-name='glow']")
+    ink = page.locator("[data-testid=model-row][data-name='ink']")
     glow.locator("[data-testid=edit-triggers]").fill("glowing, neon")
     glow.locator("[data-testid=edit-weight]").fill("0.6")
+    ink.locator("[data-testid=edit-weight]").fill("0.9")
     glow.locator("[data-testid=save-model]").click()
     expect(page.locator("[data-testid=models-message]")).to_have_text("Saved glow.")
     record = httpx.get(live.url + "/api/models/glow").json()
     assert (record["trigger_words"], record["default_weight"]) == (["glowing", "neon"], 0.6)
+    ink.locator("[data-testid=save-model]").click()
+    expect(page.locator("[data-testid=models-message]")).to_have_text("Saved ink.")
+    assert httpx.get(live.url + "/api/models/ink").json()["default_weight"] == 0.9
 
     source = write_kohya_lora(tmp_path / "installed-ui.safetensors", "sd1", seed=31)
     page.locator("[data-testid=install-source]").fill(str(source))

@@ -404,15 +404,35 @@ async function deleteSelected() {
 
 // --- models page --------------------------------------------------------------------------
 
+function unsavedEdits() {
+  // Inputs the user changed but did not save survive a re-render (another row's save, a rescan).
+  const edits = new Map();
+  for (const input of document.querySelectorAll("#models-body input[data-dirty]")) {
+    edits.set(`${input.closest("tr").dataset.key}/${input.dataset.testid}`, input.value);
+  }
+  return edits;
+}
+
+function editBox(edits, key, attrs, saved) {
+  const id = `${key}/${attrs["data-testid"]}`;
+  const input = el("input", { ...attrs, value: edits.has(id) ? edits.get(id) : saved });
+  if (edits.has(id)) input.dataset.dirty = "1";
+  input.addEventListener("input", () => { input.dataset.dirty = "1"; });
+  return input;
+}
+
 function renderModelsTable(models) {
+  const edits = unsavedEdits();
   const rows = models.map((m) => {
-    const triggers = el("input", { type: "text", value: m.trigger_words.join(", "), "data-testid": "edit-triggers" });
-    const weight = el("input", { type: "number", step: "any", value: m.default_weight ?? "", "data-testid": "edit-weight" });
+    const triggers = editBox(edits, m.key, { type: "text", "data-testid": "edit-triggers" }, m.trigger_words.join(", "));
+    const weight = editBox(edits, m.key, { type: "number", step: "any", "data-testid": "edit-weight" }, m.default_weight ?? "");
     const save = async () => {
       try {
         const words = triggers.value.split(",").map((w) => w.trim()).filter(Boolean);
         const body = { trigger_words: words, default_weight: weight.value === "" ? null : Number(weight.value) };
         await api(`/api/models/${m.key}`, { method: "PATCH", body });
+        delete triggers.dataset.dirty;
+        delete weight.dataset.dirty;
         $("#models-message").textContent = `Saved ${m.name}.`;
         await loadModels();
       } catch (error) { $("#models-message").textContent = error.message; }
