@@ -140,3 +140,16 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client, fake_ge
     assert status == 403 and "under the models root" in message
     assert fake_generate.calls == []
     assert read_events(client, _enqueue(client)["id"])[-1]["event"] == "done"
+
+
+def test_settings_give_the_ui_its_defaults_and_the_lcm_preset(client):
+    settings = client.get("/api/settings").json()
+    assert settings["lcm"] == {
+        "scheduler": "lcm",
+        "steps": 4,
+        "cfg": 1.0,
+        "lcm_lora_weight": 0.35,
+        "other_lora_weight": 0.45,
+    }
+    assert {"euler", "lcm", "dpmpp_2m_karras"} <= set(settings["schedulers"])
+    assert settings["generation"]["lora_weight"] == 0.75
