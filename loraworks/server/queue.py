@@ -108,9 +108,10 @@ class GenerationQueue:
             self._pending.append(item.id)
             self._prune()
             self._save()
+            # published before the worker can see the item, so `queued` always precedes `started`
+            self._bus.publish(QueueEvent(item_id=item.id, type="queued"))
             self._cond.notify()
-        self._bus.publish(QueueEvent(item_id=item.id, type="queued"))
-        return item.model_copy()
+            return item.model_copy()
 
     def list(self) -> list[QueueItem]:
         """All kept items, oldest first."""
