@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraworks.models.errors import ModelError
-from loraworks.models.hashing import hash_file, hash_folder
+from loraworks.models.hashing import hash_file, hash_files, hash_folder
 from loraworks.models.records import BaseName, ModelType
 from loraworks.models.safefiles import (
     PICKLE_SUFFIXES,
@@ -77,12 +77,17 @@ def lora_weights_file(folder: Path) -> Path:
 
 
 def content_hash(path: Path) -> str:
-    """The hash that identifies a model: of the weights file for LoRA folders (so a folder
-    and its bare file are the same content), of every file for pipelines."""
+    """The hash that identifies a model: of the weights file for diffusers LoRA folders (so a
+    folder and its bare file are the same content), of weights + `adapter_config.json` for
+    PEFT folders (alpha lives there), of every file for pipelines."""
     if is_main_folder(path):
         return hash_folder(path)
     if is_lora_folder(path):
-        return hash_file(lora_weights_file(path))
+        weights = lora_weights_file(path)
+        config = path / "adapter_config.json"
+        if weights.name in PEFT_LORA_FILES and config.is_file():
+            return hash_files([weights, config])
+        return hash_file(weights)
     return hash_file(path)
 
 
@@ -115,7 +120,7 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             type="main",
             base=_base_from_checkpoint(path.name, shapes),
             format="checkpoint",
-            hash=hash_file(path),
+            hash=content_hash(path),
             weights=path,
             metadata=file_metadata(path),
         )
@@ -124,7 +129,7 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             type="vae",
             base="sdxl" if re.search(r"xl", path.name, re.IGNORECASE) else "sd1",
             format="checkpoint",
-            hash=hash_file(path),
+            hash=content_hash(path),
             weights=path,
             metadata=file_metadata(path),
         )
@@ -160,7 +165,7 @@ def _probe_lora_file(path: Path, name: str) -> Probe:
     else:
         file_metadata(path)  # header checks (size cap) before the engine parses it
         parsed = _load_with_engine(path, path.name)
-    return _lora_probe(parsed, path, name)
+    return _lora_probe(parsed, path, path, name)
 
 
 def _probe_lora_folder(folder: Path) -> Probe:
@@ -173,16 +178,19 @@ def _probe_lora_folder(folder: Path) -> Probe:
         source = folder
     # The record names the container (what the user installed): a diffusers or PEFT folder.
     container = "peft" if weights.name in PEFT_LORA_FILES else "diffusers"
-    return _lora_probe(_load_with_engine(source, folder.name), weights, folder.name, container)
+    parsed = _load_with_engine(source, folder.name)
+    return _lora_probe(parsed, folder, weights, folder.name, container)
 
 
-def _lora_probe(parsed: Any, weights: Path, name: str, container: str | None = None) -> Probe:
+def _lora_probe(
+    parsed: Any, source: Path, weights: Path, name: str, container: str | None = None
+) -> Probe:
     metadata = dict(parsed.metadata or {})
     return Probe(
         type="lora",
         base=parsed.base,
         format=container or parsed.format,
-        hash=hash_file(weights),
+        hash=content_hash(source),
         weights=weights,
         is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),
         metadata=metadata,
@@ -257,7 +265,7 @@ def _probe_main_folder(folder: Path) -> Probe:
         type="main",
         base=base,
         format="diffusers",
-        hash=hash_folder(folder),
+        hash=content_hash(folder),
         weights=folder,
         metadata=metadata,
     )
