@@ -29,8 +29,10 @@ def base(
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     checkpoint_every: int = typer.Option(250),
+    decoder_steps: int = typer.Option(1500, help="decoder fine-tuning steps (fixed latents)"),
+    stage: str = typer.Option("all", help="all | decoder (alongside the UNet) | export"),
 ) -> None:
-    """Train `demo-shapes` (VAE, then UNet + text encoder); resumes from `out`."""
+    """Train `demo-shapes` (VAE, UNet, decoder fine-tune, export); resumes from `out`."""
     from loraworks.demo.train_base import BaseTrainConfig, train_base
 
     cfg = BaseTrainConfig(
@@ -42,8 +44,9 @@ def base(
         lr=lr,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        decoder_steps=decoder_steps,
     )
-    typer.echo(f"model: {train_base(cfg)}")
+    typer.echo(f"model: {train_base(cfg, stage)}")
 
 
 def run_group(command: str) -> None:

@@ -38,7 +38,14 @@ def _keys(path: Path) -> tuple[set[str], dict[str, str]]:
 
 def test_base_trainer_writes_a_diffusers_folder_and_resumes(tmp_path):
     cfg = BaseTrainConfig(
-        out=tmp_path, vae_steps=2, unet_steps=2, images=8, batch=2, checkpoint_every=2
+        out=tmp_path,
+        vae_steps=2,
+        unet_steps=2,
+        decoder_steps=2,
+        decoder_batch=2,
+        images=8,
+        batch=2,
+        checkpoint_every=2,
     )
     model = train_base(cfg)
     assert (model / "step.txt").read_text().strip() == "2"
