@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loraworks.models import ImageNotFound, ModelError, ModelManager
 from loraworks.models.config import Config
@@ -92,3 +94,15 @@ def test_gallery_newest_first(mm):
     assert mm.images.count() == 2
     with pytest.raises(ImageNotFound):
         mm.images.get(first.id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=0, max_size=200))
+def test_sanitized_names_never_leave_their_folder(raw):
+    from pathlib import PurePosixPath
+
+    name = sanitize_name(raw)
+    assert name and len(name) <= 100
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert name not in {".", ".."} and not name.startswith(".")
+    assert PurePosixPath("/models", name).parent == PurePosixPath("/models")
