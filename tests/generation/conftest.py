@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures.models import BASES, build_pipeline
 
@@ -26,3 +27,25 @@ def mm(tmp_path_factory):
     manager = build_root(tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("work"))
     yield manager
     manager.close()
+
+
+def pipeline_weights(pipe) -> dict[str, torch.Tensor]:
+    """Every tensor of a pipeline's models, keyed `component.name`."""
+    return {
+        f"{comp}.{name}": t.detach().clone()
+        for comp in ("unet", "text_encoder", "text_encoder_2", "vae")
+        if getattr(pipe, comp, None) is not None
+        for name, t in getattr(pipe, comp).state_dict().items()
+    }
+
+
+@pytest.fixture(scope="session")
+def pristine(mm) -> dict[str, dict[str, torch.Tensor]]:
+    """Each main model's weights read afresh from its files: the truth a patched-and-restored
+    model must equal bit for bit."""
+    from loraworks.models.loading import load_pipeline
+
+    return {
+        base: pipeline_weights(load_pipeline(mm.get(f"tiny-{base}", type="main"), mm.paths.cache))
+        for base in BASES
+    }

@@ -90,7 +90,7 @@ def test_sdxl_without_negative_prompt_uses_zero_uncond_like_diffusers(pipes):
 
 @pytest.mark.parametrize("scheduler", sorted(set(SCHEDULERS) - {"lcm", "euler"}))
 def test_every_scheduler_matches_diffusers(pipes, scheduler):
-    s = _settings(scheduler=scheduler, steps=3, cfg=3.0)
+    s = _settings(scheduler=scheduler, steps=2, cfg=3.0)
     _assert_same_steps(_ours(pipes["sd1"], s), _diffusers(pipes["sd1"], s))
 
 
@@ -120,8 +120,7 @@ class _UNetCalls:
         self._handle.remove()
 
 
-@pytest.mark.parametrize("base", BASES)
-@pytest.mark.parametrize("cfg", [0.0, 1.0])
+@pytest.mark.parametrize(("base", "cfg"), [("sd1", 0.0), ("sd1", 1.0), ("sd2", 1.0), ("sdxl", 1.0)])
 def test_cfg_at_most_one_runs_the_unet_once_per_step_with_batch_one(pipes, base, cfg):
     calls = _UNetCalls(pipes[base].unet)
     try:

@@ -23,7 +23,7 @@ from loraworks.generation.cache import cache_for
 from loraworks.generation.recipe import read_recipe
 from loraworks.lora import LoRABaseMismatch
 from tests.fixtures.models import BASES
-from tests.generation.conftest import SIZE
+from tests.generation.conftest import SIZE, pipeline_weights
 
 
 def _request(base: str, **kw) -> GenerateRequest:
@@ -45,19 +45,7 @@ def _loaded(mm, base: str):
 
 
 def _weights(mm, base: str) -> dict[str, torch.Tensor]:
-    pipe = _loaded(mm, base).pipe
-    return {
-        f"{comp}.{name}": t.detach().clone()
-        for comp in ("unet", "text_encoder", "text_encoder_2", "vae")
-        if getattr(pipe, comp, None) is not None
-        for name, t in getattr(pipe, comp).state_dict().items()
-    }
-
-
-@pytest.fixture(scope="module")
-def pristine(mm) -> dict[str, dict[str, torch.Tensor]]:
-    """Each model's weights as loaded, before any LoRA touched them."""
-    return {base: _weights(mm, base) for base in BASES}
+    return pipeline_weights(_loaded(mm, base).pipe)
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -122,16 +110,18 @@ def test_recall_reproduces_the_pixels(mm):
 
 
 def test_switching_lora_sets_never_reloads_and_same_set_is_not_repatched(mm):
+    loaded = _loaded(mm, "sd2")
     cache = cache_for(mm)
     loads = cache.loads
-    pipe = _loaded(mm, "sd2").pipe
-    param = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    param = loaded.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
     generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}]), manager=mm)
-    storage = param.data.data_ptr()
+    report, storage, value = loaded.patcher.report, param.data.data_ptr(), param.detach().clone()
     generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}], seed=4), manager=mm)
-    assert param.data.data_ptr() == storage  # untouched: not re-patched
+    assert loaded.patcher.report is report  # the patcher's no-op path: nothing re-applied
+    assert param.data.data_ptr() == storage and torch.equal(param, value)
     generate(_request("sd2", loras=[{"name": "sd2-b", "weight": 0.5}]), manager=mm)
-    assert param.data.data_ptr() != storage
+    assert loaded.patcher.report is not report
+    assert not torch.equal(param, value)
     assert cache.loads == loads
 
 
