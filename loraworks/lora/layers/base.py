@@ -178,7 +178,7 @@ class Layer:
         if self.sparse is None:
             return delta
         extra = self.sparse.dense(weight.device).reshape(weight.shape) * strength
-        return extra if delta is None else delta + as_weight_shape(delta, weight)
+        return extra if delta is None else as_weight_shape(delta, weight) + extra
 
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.tensors().items()}

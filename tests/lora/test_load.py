@@ -1,0 +1,138 @@
+"""load_lora: containers, safety (header cap, weights_only pickles), NaN refusal, reuse."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from loraworks.lora import LoRA, LoRAFormatError, apply_loras, load_lora
+from loraworks.lora.load import MAX_HEADER_BYTES
+from tests.fixtures.models import build_components
+from tests.lora.util import kohya_lora
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return build_components("sd1")
+
+
+@pytest.fixture(scope="module")
+def sd1_lora(sd1):
+    return kohya_lora(sd1)
+
+
+def test_safetensors_file_with_metadata(tmp_path, sd1_lora):
+    p = tmp_path / "style.safetensors"
+    save_file(sd1_lora, str(p), {"ss_network_dim": "4", "ss_base_model_version": "sd_v1"})
+    lora = load_lora(p)
+    assert isinstance(lora, LoRA)
+    assert lora.name == "style" and lora.base == "sd1" and lora.format == "kohya"
+    assert lora.metadata["ss_network_dim"] == "4"
+    assert len(lora.layers) == len(sd1_lora) // 3
+
+
+def test_absurd_header_length_is_refused_before_parsing(tmp_path):
+    p = tmp_path / "huge.safetensors"
+    p.write_bytes(struct.pack("<Q", 10 * 1024**3) + b"{}")
+    with pytest.raises(LoRAFormatError, match="refusing to parse"):
+        load_lora(p)
+    p.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b" " * 64)
+    with pytest.raises(LoRAFormatError, match="header claims"):
+        load_lora(p)
+
+
+def test_invalid_json_header_and_truncated_files(tmp_path, sd1_lora):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(struct.pack("<Q", 5) + b"{nope")
+    with pytest.raises(LoRAFormatError, match="not valid JSON"):
+        load_lora(p)
+    p.write_bytes(b"abc")
+    with pytest.raises(LoRAFormatError, match="not a safetensors"):
+        load_lora(p)
+    good = tmp_path / "good.safetensors"
+    save_file(sd1_lora, str(good))
+    data = good.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LoRAFormatError, match="outside the file"):
+        load_lora(p)
+    header = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    raw = json.dumps(header).encode()
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(LoRAFormatError, match="outside the file"):
+        load_lora(p)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/loraworks_pwned",))
+
+
+def test_pickle_payload_is_never_executed(tmp_path):
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"lora_unet_x.alpha": _Payload()}, f)
+    with pytest.raises(LoRAFormatError, match="weights_only"):
+        load_lora(p)
+    import os
+
+    assert not os.path.exists("/tmp/loraworks_pwned")
+
+
+def test_plain_torch_file_loads(tmp_path, sd1_lora):
+    p = tmp_path / "old.ckpt"
+    torch.save(sd1_lora, p)
+    assert load_lora(p).base == "sd1"
+
+
+def test_nan_weights_are_refused_naming_the_layer(sd1_lora):
+    sd = dict(sd1_lora)
+    key = sorted(k for k in sd if k.endswith("lora_up.weight"))[3]
+    sd[key] = sd[key].clone()
+    sd[key][0, 0] = float("nan")
+    with pytest.raises(LoRAFormatError, match=key.split(".")[0]):
+        load_lora((sd, {}))
+    sd[key][0, 0] = float("inf")
+    with pytest.raises(LoRAFormatError, match="NaN/Inf"):
+        load_lora((sd, {}))
+
+
+def test_empty_and_non_lora_files(tmp_path):
+    with pytest.raises(LoRAFormatError, match="no tensors"):
+        load_lora(({}, {}))
+    with pytest.raises(LoRAFormatError, match="not a LoRA"):
+        load_lora(({"model.diffusion_model.x.weight": torch.zeros(1)}, {}))
+    with pytest.raises(LoRAFormatError, match="no such file"):
+        load_lora(tmp_path / "missing.safetensors")
+    with pytest.raises(LoRAFormatError, match="folder has no"):
+        load_lora(tmp_path)
+
+
+def test_missing_partner_and_rank_zero(sd1_lora):
+    sd = {k: v for k, v in sd1_lora.items() if not k.endswith("lora_up.weight")}
+    with pytest.raises(LoRAFormatError, match=r"missing lora_up\.weight"):
+        load_lora((sd, {}))
+    key = next(k for k in sd1_lora if k.endswith("lora_down.weight"))
+    stem = key.rsplit(".", 2)[0]
+    sd = {
+        f"{stem}.lora_down.weight": torch.zeros(0, 768),
+        f"{stem}.lora_up.weight": torch.zeros(8, 0),
+    }
+    with pytest.raises(LoRAFormatError, match="rank"):
+        load_lora((sd, {}))
+
+
+def test_a_lora_object_is_reusable(sd1, sd1_lora):
+    lora = load_lora((sd1_lora, {}))
+    name = next(iter(lora.layers))[5:]
+    outs = []
+    for _ in range(2):
+        with apply_loras(sd1.as_mapping(), [(lora, 0.5)]):
+            outs.append(sd1.unet.get_submodule(name).weight.detach().clone())
+    assert torch.equal(outs[0], outs[1])
