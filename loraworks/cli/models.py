@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from rich.table import Table
 models_app = typer.Typer(no_args_is_help=True, help="Installed models and the autoimport folders.")
 out = Console()
 err = Console(stderr=True)
+
+
+class TypeChoice(StrEnum):
+    main = "main"
+    lora = "lora"
+    vae = "vae"
+
+
+class BaseChoice(StrEnum):
+    sd1 = "sd1"
+    sd2 = "sd2"
+    sdxl = "sdxl"
+
 
 RootOption = typer.Option(
     None, "--root", help="models root (default: $LORAWORKS_ROOT or ~/loraworks)"
@@ -84,6 +98,10 @@ def _print_scan(report) -> None:
         )
 
 
+def _value(choice: Enum | None) -> Any:
+    return None if choice is None else choice.value
+
+
 def _dump(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -96,14 +114,14 @@ def _status(record) -> str:
 
 @models_app.command("list")
 def list_models(
-    type: str | None = typer.Option(None, "--type", help="main | lora | vae"),
-    base: str | None = typer.Option(None, "--base", help="sd1 | sd2 | sdxl"),
+    type: TypeChoice | None = typer.Option(None, "--type", help="model type"),
+    base: BaseChoice | None = typer.Option(None, "--base", help="base model"),
     as_json: bool = JsonOption,
     root: Path | None = RootOption,
 ) -> None:
     """List models with their base, format, LCM flag, trigger words and status."""
     with _manager(root, quiet=as_json) as mm:
-        records = mm.list(type=type, base=base)
+        records = mm.list(type=_value(type), base=_value(base))
         if as_json:
             _dump([r.model_dump(mode="json") for r in records])
             return
@@ -171,14 +189,14 @@ def install(
     source: str = typer.Argument(..., help="file, folder, URL or Hugging Face repo id"),
     name: str | None = typer.Option(None, "--name", help="name to install under"),
     in_place: bool = typer.Option(False, "--in-place", help="register without copying"),
-    type: str | None = typer.Option(None, "--type", help="main | lora | vae (default: detect)"),
+    type: TypeChoice | None = typer.Option(None, "--type", help="model type (default: detect)"),
     as_json: bool = JsonOption,
     root: Path | None = RootOption,
 ) -> None:
     """Install a model (copied into models/ unless --in-place)."""
     with _manager(root, quiet=as_json) as mm:
         before = {r.key for r in mm.list()}
-        record = mm.install(source, copy=not in_place, name=name, type=type)
+        record = mm.install(source, copy=not in_place, name=name, type=_value(type))
         if as_json:
             _dump(record.model_dump(mode="json"))
         elif record.key in before:
