@@ -157,3 +157,36 @@ def test_checkpoint_in_the_lora_folder_is_explained(root):
     record = ModelManager.open(root).get("full")
     assert record.status == "error"
     assert "a full model checkpoint, not a LoRA" in record.error
+
+
+def test_two_processes_scanning_at_once_keep_one_record_per_file(root):
+    import threading
+
+    first, second = ModelManager.open(root, scan=False), ModelManager.open(root, scan=False)
+    for i in range(6):
+        write(root / f"autoimport/lora/l{i}.safetensors", kohya_sd1_tensors(seed=10 * i))
+    errors = []
+
+    def scan(mm):
+        try:
+            mm.scan()
+        except Exception as exc:  # surfaced below with the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scan, args=(mm,)) for mm in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    names = sorted(r.name for r in ModelManager.open(root).list())
+    assert names == [f"l{i}" for i in range(6)]
+
+
+def test_cli_scan_json(root, cli):
+    write(root / "autoimport/lora/a.safetensors", kohya_sd1_tensors())
+    report = cli.json("scan")
+    assert [r["name"] for r in report["added"]] == ["a"]
+    report = cli.json("scan", "--full")
+    assert [r["name"] for r in report["updated"]] == ["a"]
+    assert (report["added"], report["unchanged"]) == ([], 0)
