@@ -230,7 +230,18 @@ def _base_from_context_dim(dim: int, label: str) -> BaseName:
         ) from None
 
 
+def _require_txt2img(label: str, in_channels: int) -> None:
+    if in_channels != 4:
+        raise ModelError(
+            f"{label}: its UNet takes {in_channels} input channels (an inpainting or other "
+            f"special-purpose model); only text-to-image SD models (4 channels) are supported"
+        )
+
+
 def _base_from_checkpoint(label: str, shapes: dict[str, tuple[int, ...]]) -> BaseName:
+    conv_in = shapes.get(LDM_UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None:
+        _require_txt2img(label, conv_in[1])
     for key, shape in shapes.items():
         if key.startswith(LDM_UNET_PREFIX) and key.endswith("attn2.to_k.weight"):
             return _base_from_context_dim(shape[1], label)
@@ -253,6 +264,7 @@ def _probe_main_folder(folder: Path) -> Probe:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder.name}: unreadable diffusers model config ({exc})") from None
     pipeline = index.get("_class_name", "")
+    _require_txt2img(folder.name, int(unet.get("in_channels", 4)))
     if "XL" in pipeline:
         base: BaseName = "sdxl"
     else:

@@ -149,3 +149,18 @@ def test_standalone_vae_file(mm, tmp_path):
     )
     record = mm.install(tmp_path / "vae-ft-mse.safetensors")
     assert (record.type, record.base, record.format) == ("vae", "sd1", "checkpoint")
+
+
+def test_inpainting_checkpoint_refused_clearly(mm, tmp_path):
+    prefix = "model.diffusion_model."
+    path = write(
+        tmp_path / "inpaint.safetensors",
+        {
+            prefix + "input_blocks.0.0.weight": torch.zeros(32, 9, 3, 3),
+            prefix + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(
+                32, 768
+            ),
+        },
+    )
+    with pytest.raises(ModelError, match="takes 9 input channels"):
+        mm.install(path)
