@@ -17,7 +17,9 @@ from loraworks.demo import architecture as arch
 from loraworks.demo.train_base import BaseTrainConfig, export_pipeline, train_base
 from loraworks.demo.train_lcm import WEIGHTS_NAME, LCMTrainConfig, train_lcm
 from loraworks.demo.train_lora import LoRATrainConfig, train_lora
+from loraworks.lora import load_lora
 from loraworks.models.metadata import triggers_from_tag_frequency
+from loraworks.models.probe import probe
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,11 @@ def test_lora_trainer_writes_kohya_file_with_trigger(tmp_path, base_folder):
     assert meta["ss_network_dim"] == "4" and float(meta["ss_network_alpha"]) == 2.0
     assert meta["ss_base_model_version"] == "sd_v1"
     assert triggers_from_tag_frequency(meta["ss_tag_frequency"]) == ["zkstar"]
+    lora = load_lora(cfg.out / "demo-star.safetensors")
+    assert (lora.format, lora.base) == ("kohya", "sd1")
+    assert "text_encoder.encoder.layers.0.self_attn.q_proj" in lora.layers or (
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj" in lora.layers
+    )
 
 
 def test_lcm_trainer_writes_a_unet_only_lora_folder(tmp_path, base_folder):
@@ -87,3 +94,6 @@ def test_lcm_trainer_writes_a_unet_only_lora_folder(tmp_path, base_folder):
     )
     assert "lora_unet_down_blocks_1_resnets_0_conv1.alpha" in keys
     assert all(k.startswith("lora_unet_") for k in keys)
+    found = probe(folder)
+    assert (found.type, found.base) == ("lora", "sd1")
+    assert found.is_lcm
