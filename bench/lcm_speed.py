@@ -67,10 +67,13 @@ def _diffusers(pipe, s: RenderSettings) -> Callable[[], object]:
     return run
 
 
-def _pair(pipe, s: RenderSettings, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median seconds (loraworks, diffusers), interleaved, after one untimed warm-up each."""
+def _pair(
+    pipe, s: RenderSettings, repeats: int, device: torch.device, warm_up: bool
+) -> tuple[float, float]:
+    """Median seconds (loraworks, diffusers), interleaved, optionally after an untimed run each."""
     ours, theirs = _ours(pipe, s), _diffusers(pipe, s)
-    ours(), theirs()
+    if warm_up:
+        ours(), theirs()
     times: dict[str, list[float]] = {"ours": [], "diffusers": []}
     for _ in range(repeats):
         times["ours"].append(_timed(ours, device))
@@ -106,10 +109,10 @@ def main() -> None:
     euler_settings = RenderSettings(**base, steps=25, cfg=7.5, scheduler="euler")
 
     patch_s = _timed(lambda: patcher.set([(lcm, 1.0)]), device)
-    lcm_ours, lcm_diffusers = _pair(pipe, lcm_settings, args.repeats, device)
+    lcm_ours, lcm_diffusers = _pair(pipe, lcm_settings, args.repeats, device, warm_up=True)
     patcher.restore()
     euler_ours, euler_diffusers = _pair(
-        pipe, euler_settings, args.euler_repeats or args.repeats, device
+        pipe, euler_settings, args.euler_repeats or args.repeats, device, warm_up=False
     )
     speedup_ours = euler_ours / lcm_ours
     speedup_diffusers = euler_diffusers / lcm_diffusers

@@ -8,32 +8,21 @@ weight is patched.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
-
-import loraworks
 from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
-from loraworks.generation.errors import BaseMismatch, GenerationCancelled, GenerationError
-from loraworks.generation.events import StepEvent
+from loraworks.generation.errors import BaseMismatch, GenerationError
+from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
 from loraworks.generation.presets import AppliedLoRA, Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
-from loraworks.generation.recipe import Recipe, RecipeLoRA, RecipeModel, read_recipe, save_png
-from loraworks.generation.render import RenderSettings, render
+from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
+from loraworks.generation.render import render
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
 from loraworks.lora import LoRA
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
-
-ProgressCallback = Callable[[StepEvent], None]
-
-
-class CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -95,61 +84,13 @@ def _check_bases(main: ModelRecord, loras: list[tuple[AppliedLoRA, LoRA]]) -> No
             raise BaseMismatch(applied.record.name, lora.base, main.name, str(main.base))
 
 
-def _recipe(main: ModelRecord, resolved: Resolved, settings: RenderSettings) -> Recipe:
-    return Recipe(
-        loraworks_version=loraworks.__version__,
-        model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
-        loras=[
-            RecipeLoRA(
-                name=a.record.name,
-                key=a.record.key,
-                hash=a.record.hash,
-                base=a.record.base,
-                weight=a.weight,
-            )
-            for a in resolved.loras
-        ],
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        seed=settings.seed,
-        steps=settings.steps,
-        cfg=settings.cfg,
-        scheduler=settings.scheduler,
-        width=settings.width,
-        height=settings.height,
-        init_image=settings.init_image,
-        strength=settings.strength if settings.init_image else None,
-    )
-
-
-class _Steps:
-    """Turns denoise steps into `StepEvent`s and honours the cancel flag between steps."""
-
-    def __init__(self, progress: ProgressCallback | None, cancel: CancelFlag | None, sdxl: bool):
-        self.progress, self.cancel, self.sdxl = progress, cancel, sdxl
-        self.start = time.perf_counter()
-        self.image, self.images = 0, 1
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise GenerationCancelled("generation cancelled")
-
-    def __call__(self, i: int, total: int, latents: torch.Tensor) -> None:
-        if self.progress is not None:
-            elapsed = time.perf_counter() - self.start
-            self.progress(
-                StepEvent(i + 1, total, elapsed, self.image, self.images, latents, self.sdxl)
-            )
-        self.check()
-
-
 def _run(
     mm: ModelManager,
     loaded: LoadedModel,
     main: ModelRecord,
     resolved: Resolved,
     batch_size: int,
-    steps: _Steps,
+    steps: StepReporter,
 ) -> GenerateResult:
     result = GenerateResult([], list(resolved.warnings), {})
     steps.images = batch_size
@@ -158,12 +99,13 @@ def _run(
         steps.check()
         settings = replace(resolved.settings, seed=resolved.settings.seed + i)
         rendered = render(loaded.pipe, settings, steps)
-        recipe = _recipe(main, resolved, settings).model_dump(mode="json")
-        path = save_png(rendered.image, mm.paths.outputs, Recipe.model_validate(recipe))
-        result.image_ids.append(mm.images.add(path, recipe).id)
+        recipe = build_recipe(main, resolved.loras, settings)
+        path = save_png(rendered.image, mm.paths.outputs, recipe)
+        as_dict = recipe.model_dump(mode="json")
+        result.image_ids.append(mm.images.add(path, as_dict).id)
         result.images.append(path)
         result.seeds.append(settings.seed)
-        result.recipe = result.recipe or recipe
+        result.recipe = result.recipe or as_dict
         result.warnings += [w for w in rendered.warnings if w not in result.warnings]
     return result
 
@@ -192,7 +134,7 @@ def generate(
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
     _check_bases(main, loras)
     loaded = cache.model(main)
-    steps = _Steps(progress, cancel, is_sdxl(loaded.pipe))
+    steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:
         try:
             report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])

@@ -3,11 +3,16 @@ linear latent→RGB map, no VAE pass."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Protocol
 
 import torch
 from PIL import Image
+
+from loraworks.generation.errors import GenerationCancelled
 
 # Linear fits of the VAE decoder (per latent channel → RGB), as used by ComfyUI previews.
 _SD_RGB = (
@@ -49,3 +54,34 @@ class StepEvent:
     @cached_property
     def preview(self) -> Image.Image | None:
         return None if self.latents is None else latent_preview(self.latents, self.sdxl)
+
+
+ProgressCallback = Callable[[StepEvent], None]
+
+
+class CancelFlag(Protocol):
+    """Anything with `is_set()`, e.g. a `threading.Event`."""
+
+    def is_set(self) -> bool: ...
+
+
+class StepReporter:
+    """The denoise loop's step callback: emits `StepEvent`s and honours the cancel flag
+    between steps (and before each image)."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelFlag | None, sdxl: bool):
+        self.progress, self.cancel, self.sdxl = progress, cancel, sdxl
+        self.start = time.perf_counter()
+        self.image, self.images = 0, 1
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+
+    def __call__(self, i: int, total: int, latents: torch.Tensor) -> None:
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.start
+            self.progress(
+                StepEvent(i + 1, total, elapsed, self.image, self.images, latents, self.sdxl)
+            )
+        self.check()

@@ -10,8 +10,12 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ValidationError
 
+import loraworks
 from loraworks.generation.errors import GenerationError
+from loraworks.generation.presets import AppliedLoRA
+from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+from loraworks.models import ModelRecord
 
 CHUNK = "loraworks_recipe"
 
@@ -58,6 +62,33 @@ class Recipe(BaseModel):
             init_image=self.init_image,
             strength=self.strength,
         )
+
+
+def build_recipe(main: ModelRecord, loras: list[AppliedLoRA], settings: RenderSettings) -> Recipe:
+    return Recipe(
+        loraworks_version=loraworks.__version__,
+        model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
+        loras=[
+            RecipeLoRA(
+                name=a.record.name,
+                key=a.record.key,
+                hash=a.record.hash,
+                base=a.record.base,
+                weight=a.weight,
+            )
+            for a in loras
+        ],
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        seed=settings.seed,
+        steps=settings.steps,
+        cfg=settings.cfg,
+        scheduler=settings.scheduler,
+        width=settings.width,
+        height=settings.height,
+        init_image=settings.init_image,
+        strength=settings.strength if settings.init_image else None,
+    )
 
 
 def save_png(image: Image.Image, folder: Path, recipe: Recipe) -> Path:
