@@ -8,9 +8,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from loraworks.generation import GenerateRequest
+from loraworks.models import ModelRecord
 from tests.fixtures.models import BASES, build_pipeline
 
 SIZE = 64
+
+
+def fake_record(name: str, type_: str = "lora", **kw) -> ModelRecord:
+    """A record that was never installed (for code that only reads record fields)."""
+    fields = dict(
+        key=name,
+        name=name,
+        type=type_,
+        base="sd1",
+        format="kohya",
+        path=Path(name),
+        in_place=True,
+        hash="h",
+        size=1,
+        source="",
+        created_at="",
+        updated_at="",
+    )
+    return ModelRecord(**{**fields, **kw})
+
+
+def tiny_request(base: str, **kw) -> GenerateRequest:
+    """A cheap request on the `mm` root's tiny model for `base` (fields overridable)."""
+    fields = dict(
+        model=f"tiny-{base}",
+        prompt="a red circle",
+        width=SIZE,
+        height=SIZE,
+        steps=2,
+        cfg=1.0,
+        scheduler="euler",
+        seed=3,
+    )
+    return GenerateRequest(**{**fields, **kw})
 
 
 @pytest.fixture(scope="session")

@@ -23,21 +23,7 @@ from loraworks.generation.cache import cache_for
 from loraworks.generation.recipe import read_recipe
 from loraworks.lora import LoRABaseMismatch
 from tests.fixtures.models import BASES
-from tests.generation.conftest import SIZE, pipeline_weights
-
-
-def _request(base: str, **kw) -> GenerateRequest:
-    fields = dict(
-        model=f"tiny-{base}",
-        prompt="a red circle",
-        width=SIZE,
-        height=SIZE,
-        steps=2,
-        cfg=1.0,
-        scheduler="euler",
-        seed=3,
-    )
-    return GenerateRequest(**{**fields, **kw})
+from tests.generation.conftest import SIZE, pipeline_weights, tiny_request
 
 
 def _loaded(mm, base: str):
@@ -72,7 +58,7 @@ class _UNetBatches:
 def test_lora_stacks_generate_and_weights_restore_exactly(mm, pristine, base, count):
     names = [f"{base}-{t}" for t in "abc"][:count]
     loras = [{"name": n, "weight": 0.8} for n in names]
-    result = generate(_request(base, loras=loras), manager=mm)
+    result = generate(tiny_request(base, loras=loras), manager=mm)
     assert len(result.images) == 1 and result.images[0].is_file()
     recipe = read_recipe(result.images[0])
     assert [lora.name for lora in recipe.loras] == names
@@ -84,11 +70,17 @@ def test_lora_stacks_generate_and_weights_restore_exactly(mm, pristine, base, co
 
 
 def test_same_seed_same_pixels_and_weight_zero_equals_no_lora(mm):
-    plain = _pixels(generate(_request("sd1"), manager=mm))
-    zero = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 0}]), manager=mm))
-    once = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm))
-    plain_again = _pixels(generate(_request("sd1"), manager=mm))
-    twice = _pixels(generate(_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm))
+    plain = _pixels(generate(tiny_request("sd1"), manager=mm))
+    zero = _pixels(
+        generate(tiny_request("sd1", loras=[{"name": "sd1-a", "weight": 0}]), manager=mm)
+    )
+    once = _pixels(
+        generate(tiny_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm)
+    )
+    plain_again = _pixels(generate(tiny_request("sd1"), manager=mm))
+    twice = _pixels(
+        generate(tiny_request("sd1", loras=[{"name": "sd1-a", "weight": 1}]), manager=mm)
+    )
     assert np.array_equal(plain, plain_again)
     assert np.array_equal(once, twice)
     assert np.array_equal(zero, plain)
@@ -96,7 +88,7 @@ def test_same_seed_same_pixels_and_weight_zero_equals_no_lora(mm):
 
 
 def test_recall_reproduces_the_pixels(mm):
-    req = _request("sdxl", prompt="a cat <lora:sdxl-a:0.6:1.2>", cfg=3.0, negative_prompt="dog")
+    req = tiny_request("sdxl", prompt="a cat <lora:sdxl-a:0.6:1.2>", cfg=3.0, negative_prompt="dog")
     first = generate(req, manager=mm)
     again = recall(first.images[0], manager=mm)
     assert np.array_equal(_pixels(first), _pixels(again))
@@ -114,12 +106,12 @@ def test_switching_lora_sets_never_reloads_and_same_set_is_not_repatched(mm):
     cache = cache_for(mm)
     loads = cache.loads
     param = loaded.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
-    generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}]), manager=mm)
+    generate(tiny_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}]), manager=mm)
     report, storage, value = loaded.patcher.report, param.data.data_ptr(), param.detach().clone()
-    generate(_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}], seed=4), manager=mm)
+    generate(tiny_request("sd2", loras=[{"name": "sd2-a", "weight": 0.5}], seed=4), manager=mm)
     assert loaded.patcher.report is report  # the patcher's no-op path: nothing re-applied
     assert param.data.data_ptr() == storage and torch.equal(param, value)
-    generate(_request("sd2", loras=[{"name": "sd2-b", "weight": 0.5}]), manager=mm)
+    generate(tiny_request("sd2", loras=[{"name": "sd2-b", "weight": 0.5}]), manager=mm)
     assert loaded.patcher.report is not report
     assert not torch.equal(param, value)
     assert cache.loads == loads
@@ -134,7 +126,7 @@ def test_cancel_between_steps_restores_weights_and_saves_nothing(mm, pristine):
         cancel.set()
 
     before = mm.images.count()
-    req = _request("sd1", steps=4, loras=[{"name": "sd1-b", "weight": 1.0}])
+    req = tiny_request("sd1", steps=4, loras=[{"name": "sd1-b", "weight": 1.0}])
     with pytest.raises(GenerationCancelled):
         generate(req, manager=mm, progress=progress, cancel=cancel)
     assert len(events) == 1
@@ -145,14 +137,14 @@ def test_cancel_between_steps_restores_weights_and_saves_nothing(mm, pristine):
 def test_progress_events_batch_seeds_and_preview(mm):
     events: list[StepEvent] = []
     result = generate(
-        _request("sd1", steps=3, batch_size=2, seed=11), manager=mm, progress=events.append
+        tiny_request("sd1", steps=3, batch_size=2, seed=11), manager=mm, progress=events.append
     )
     assert [(e.image, e.step, e.total) for e in events] == [
         (i, s, 3) for i in range(2) for s in (1, 2, 3)
     ]
     assert events[0].preview.size == (SIZE // 8, SIZE // 8)
     assert result.seeds == [11, 12]
-    single = generate(_request("sd1", steps=3, seed=12), manager=mm)
+    single = generate(tiny_request("sd1", steps=3, seed=12), manager=mm)
     assert np.array_equal(np.asarray(Image.open(result.images[1])), _pixels(single))
 
 
@@ -180,7 +172,7 @@ def test_lcm_lora_gets_the_lcm_preset_and_skips_the_uncond_pass(mm, base):
 
 
 def test_lcm_lora_with_many_steps_and_high_cfg_runs_with_a_warning(mm):
-    req = _request("sd1", steps=9, cfg=7.0, loras=[{"name": "sd1-lcm", "weight": 1.0}])
+    req = tiny_request("sd1", steps=9, cfg=7.0, loras=[{"name": "sd1-lcm", "weight": 1.0}])
     result = generate(req, manager=mm)
     assert len(result.images) == 1
     assert any("LCM-LoRA sd1-lcm" in w and "9 steps" in w and "CFG 7" in w for w in result.warnings)
@@ -189,7 +181,7 @@ def test_lcm_lora_with_many_steps_and_high_cfg_runs_with_a_warning(mm):
 def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
     before = mm.images.count()
     with pytest.raises(LoRABaseMismatch) as err:
-        generate(_request("sd1", loras=[{"name": "sdxl-a"}]), manager=mm)
+        generate(tiny_request("sd1", loras=[{"name": "sdxl-a"}]), manager=mm)
     assert str(err.value) == (
         "LoRA 'sdxl-a' is for sdxl but the main model 'tiny-sd1' is sd1; "
         "pick a sd1 LoRA or a sdxl main model"
@@ -199,18 +191,18 @@ def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
 
 def test_prompt_tag_errors_are_clear(mm):
     with pytest.raises(GenerationError, match="did you mean: sd1-a"):
-        generate(_request("sd1", prompt="x <lora:sd1-aa:1>"), manager=mm)
+        generate(tiny_request("sd1", prompt="x <lora:sd1-aa:1>"), manager=mm)
     with pytest.raises(PromptSyntaxError, match="not a number"):
-        generate(_request("sd1", prompt="x <lora:sd1-a:strong>"), manager=mm)
+        generate(tiny_request("sd1", prompt="x <lora:sd1-a:strong>"), manager=mm)
     with pytest.raises(PromptSyntaxError, match="unclosed"):
-        generate(_request("sd1", prompt="x <lora:sd1-a:1"), manager=mm)
+        generate(tiny_request("sd1", prompt="x <lora:sd1-a:1"), manager=mm)
     with pytest.raises(GenerationError, match="given twice"):
-        generate(_request("sd1", prompt="<lora:sd1-a>", loras=[{"name": "sd1-a"}]), manager=mm)
+        generate(tiny_request("sd1", prompt="<lora:sd1-a>", loras=[{"name": "sd1-a"}]), manager=mm)
 
 
 def test_default_weights_and_trigger_words(mm):
     mm.update(mm.get("sd1-b", type="lora").key, default_weight=1.3, trigger_words=["zx style"])
-    req = _request(
+    req = tiny_request(
         "sd1",
         prompt="a cat",
         loras=[{"name": "sd1-a"}, {"name": "sd1-b"}],

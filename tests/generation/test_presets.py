@@ -3,39 +3,18 @@ trigger words, request validation."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
 from loraworks.generation import GenerateRequest
 from loraworks.generation.presets import StackEntry, resolve, with_trigger_words
-from loraworks.models import ModelRecord
 from loraworks.models.config import Config
+from tests.generation.conftest import fake_record
 
-
-def _record(name: str, type_: str = "lora", **kw) -> ModelRecord:
-    fields = dict(
-        key=name,
-        name=name,
-        type=type_,
-        base="sd1",
-        format="kohya",
-        path=Path(name),
-        in_place=True,
-        hash="h",
-        size=1,
-        source="",
-        created_at="",
-        updated_at="",
-    )
-    return ModelRecord(**{**fields, **kw})
-
-
-MAIN = _record("main", "main")
-LCM = _record("lcm", is_lcm=True)
-STYLE = _record("style", default_weight=0.9)
-PLAIN = _record("plain")
+MAIN = fake_record("main", "main")
+LCM = fake_record("lcm", is_lcm=True)
+STYLE = fake_record("style", default_weight=0.9)
+PLAIN = fake_record("plain")
 
 
 def _resolve(stack, config=None, **kw):
@@ -80,7 +59,7 @@ def test_preset_lcm_without_an_lcm_lora_warns():
 
 
 def test_trigger_words_are_appended_once_and_only_when_absent():
-    tagged = _record("t", trigger_words=["ink style", "Cat", "sketch"])
+    tagged = fake_record("t", trigger_words=["ink style", "Cat", "sketch"])
     assert with_trigger_words("a cat", [StackEntry(tagged, None)]) == "a cat, ink style, sketch"
     assert with_trigger_words("", [StackEntry(tagged, None)]) == "ink style, Cat, sketch"
 
