@@ -36,7 +36,22 @@ ALL = frozenset({"sd1", "sd2", "sdxl"})
 PREFERENCE = ("sd1", "sdxl", "sd2")
 CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
-_TE_LINEAR = re.compile(r"(self_attn\.(q|k|v|out)_proj|mlp\.fc1)$")
+_TE_SQUARE = re.compile(r"self_attn\.(q|k|v|out)_proj$")
+_TE_NORM = re.compile(r"(layer_norm1|layer_norm2|final_layer_norm)$")
+
+
+def _te_width(path: str, layer: Layer) -> int | None:
+    """The CLIP hidden width a text-encoder layer reveals (either side of q/k/v/out_proj, fc1's
+    input, fc2's output, a layer norm's size)."""
+    if _TE_SQUARE.search(path):
+        return layer.in_features() or layer.out_features()
+    if path.endswith("mlp.fc1"):
+        return layer.in_features()
+    if path.endswith("mlp.fc2") or _TE_NORM.search(path):
+        return layer.out_features()
+    return None
+
+
 _PROJ = re.compile(r"\.attentions\.\d+\.proj_(in|out)$")
 
 
@@ -114,8 +129,8 @@ def probe_base(
                     add(soft, f"1x1 conv proj ({path})", {"sd1"})
                 elif conv is False:
                     add(soft, f"linear proj ({path})", {"sd2", "sdxl"})
-        elif comp in ("text_encoder", "text_encoder_2") and _TE_LINEAR.search(path):
-            w = layer.in_features()
+        elif comp in ("text_encoder", "text_encoder_2"):
+            w = _te_width(path, layer)
             if w is not None:
                 te_widths.setdefault(comp, set()).add(w)
     te1 = te_widths.get("text_encoder", set())

@@ -142,6 +142,11 @@ class Layer:
         """Input width of a linear target (used by the base-model probe)."""
         return None
 
+    def out_features(self) -> int | None:
+        """Output width (rows of W; the vector size of a norm layer)."""
+        shape = self.delta_shape()
+        return int(shape[0]) if shape else None
+
     def is_conv(self) -> bool | None:
         """Whether the target is a conv (4-D weight); None when the layer does not say."""
         shape = self.delta_shape()

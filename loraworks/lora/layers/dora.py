@@ -63,6 +63,9 @@ class DoRALayer(Layer):
     def delta_shape(self):
         return self.inner.delta_shape()
 
+    def out_features(self):
+        return self.inner.out_features()
+
     def in_features(self):
         return self.inner.in_features()
 

@@ -56,6 +56,9 @@ class IA3Layer(Layer):
     def tensors(self):
         return {"ia3_l" if self.producer == "peft" else "weight": self.vector}
 
+    def out_features(self):
+        return int(self.vector.numel()) if self.on_input is False else None
+
     def is_conv(self):
         return self.vector.dim() == 4
 
