@@ -33,13 +33,15 @@ def test_random_sequences_restore_bit_exactly(dtype):
 
 
 def _loaded(mm: ModelManager) -> Model:
-    main = mm.get(MAIN, type="main")
-    return Model.of(dict(cache_for(mm).model(main).patcher.components))
+    """The cached model's weights as loaded (earlier tests may have left a stack applied)."""
+    patcher = cache_for(mm).model(mm.get(MAIN, type="main")).patcher
+    patcher.restore()
+    return Model.of(dict(patcher.components))
 
 
 @pytest.mark.timeout(240)
 def test_cancelled_generations_restore_the_loaded_weights(sd1_root):
-    model = _loaded(sd1_root)  # unpatched: nothing generated on this root yet
+    model = _loaded(sd1_root)
     rng = random.Random("cancel")
     for attempt in range(2):
         stack = [(n, rng.choice([-1.0, 0.5, 1.2])) for n in rng.sample(LORAS, rng.randint(1, 3))]
