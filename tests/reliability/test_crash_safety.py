@@ -87,7 +87,7 @@ def test_sigkill_at_random_moments_during_install(tmp_path):
     sources = [_big_lora(tmp_path / f"big{i}.safetensors", 1024 + i) for i in range(3)]
     root = tmp_path / "root"
     interrupted = 0
-    for attempt in range(3):
+    for _ in range(3):
         proc = start(_INSTALL, str(root), *map(str, sources))
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.0, 1.5))
@@ -109,7 +109,7 @@ def test_sigkill_at_random_moments_during_autoimport_scan(tmp_path):
         save_file(kohya_sd1_tensors(seed=i), str(drop / f"lora{i:02d}.safetensors"))
     (drop / "broken.safetensors").write_bytes(b"\x10\x00\x00")
     interrupted = 0
-    for attempt in range(3):
+    for _ in range(3):
         proc = start(_SCAN, str(root))
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.2, 2.0))
