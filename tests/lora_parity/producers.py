@@ -17,10 +17,12 @@ every LoRA changes every component it targets.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -48,9 +50,15 @@ class Produced:
     notes: dict = field(default_factory=dict)
 
 
-def fresh(base: str) -> Components:
-    """The unpatched model every engine run starts from (same seed as the producers')."""
+@cache
+def _pristine(base: str) -> Components:
     return build_components(base, "tiny", SEED)
+
+
+def fresh(base: str) -> Components:
+    """The unpatched model every engine run and every producer starts from (a copy: building
+    and initialising a model costs far more than copying one)."""
+    return copy.deepcopy(_pristine(base))
 
 
 def component_weight(weight: Weight, component: str) -> float:
@@ -128,13 +136,9 @@ LYCORIS_KINDS: dict[str, dict] = {
     "full": dict(network_module="full"),
     "dora": dict(network_module="lora", weight_decompose=True, wd_on_out=True),
     "dora_on_input": dict(network_module="lora", weight_decompose=True, wd_on_out=False),
-    "norm": dict(
-        network_module="lora",
-        train_norm=True,
-        lora_dim=0,
-        conv_lora_dim=0,
-        te=["CLIPEncoderLayer"],
-    ),
+    # LyCORIS trains norms next to another algo; the TE block is the layer, so that its
+    # LayerNorms are in (the attention and MLP linears come with it)
+    "norm": dict(network_module="lora", train_norm=True, te=["CLIPEncoderLayer"]),
 }
 
 _STD = {"loha": 0.3, "ia3": 0.3, "full": 0.02, "lokr": 0.1}
@@ -305,7 +309,7 @@ def randomise_peft(model: torch.nn.Module, gen: torch.Generator) -> None:
         elif "ia3_l" in name:
             p.copy_(1 + 0.3 * noise)
         else:
-            p.copy_(noise * (0.3 if "hada_" in name else 0.1))
+            p.copy_(noise * (0.2 if "hada_" in name else 0.05))
 
 
 def peft_set_weight(models, weight: Weight) -> None:

@@ -76,7 +76,8 @@ def test_restore_is_bit_exact(restore_loras, dtype, raises):
 
 def read(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(source), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict), dict(f.metadata() or {})
+        metadata = dict(f.metadata() or {})
+        return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 (not a dict)
 
 
 @pytest.mark.parametrize("case", list(cases()))
