@@ -4,10 +4,13 @@ half-written record or executed payload (see tests/reliability/hostile.py for th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loraworks.models import ModelManager
 from tests.reliability.hostile import MUTATIONS, HostileCase, all_cases
 from tests.reliability.outcomes import (
     OK,
@@ -115,3 +118,21 @@ def test_huge_alpha_is_refused_not_patched_to_inf(fp16_model, tmp_path):
 def test_4d_up_on_2d_down_is_a_lora_error(fp16_model, tmp_path):
     case = HostileCase("odd_layer_kinds", 2)  # lora_up (32, 4, 2, 2), lora_down (4, 768)
     engine_outcome(case, case.write(tmp_path), fp16_model)
+
+
+@pytest.mark.xfail(strict=True, reason="scanning.py _record_error keeps a moved record's old path")
+def test_broken_file_moved_in_the_drop_folder_is_recorded_at_its_new_path(tmp_path):
+    mm = ModelManager.open(tmp_path / "root")
+    first = mm.paths.autoimport_lora / "a" / "broken.safetensors"
+    first.parent.mkdir()
+    first.write_bytes(b"0123456789")
+    mm.scan()
+    first.unlink()
+    mm.scan()  # its record goes `missing`
+    moved = mm.paths.autoimport_lora / "b" / "broken-again.safetensors"
+    moved.parent.mkdir()
+    moved.write_bytes(b"0123456789")  # same bytes, so the scan takes it for a move
+    mm.scan()
+    records = mm.list()
+    mm.close()
+    assert [(Path(r.path), r.status) for r in records] == [(moved, "error")]
