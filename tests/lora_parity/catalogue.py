@@ -27,6 +27,7 @@ FACTORIES: dict[str, Callable[[str, Path], P.Produced]] = {
     "diffusers_lora_peft_keys": partial(_diffusers, kind="lora", style="peft_keys"),
     "diffusers_dora": partial(_diffusers, kind="dora", style="peft_keys"),
     "diffusers_rslora": partial(_diffusers, kind="rslora", style="peft_keys"),
+    "diffusers_attn_procs": P.attn_procs_file,
     "lcm_lora": P.lcm_lora_file,
     **{k: _with_kind(P.kohya_hand_file, k) for k in P.HAND_TARGETS},
 }

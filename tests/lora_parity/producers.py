@@ -238,9 +238,12 @@ def lycoris_file(base: str, kind: str, folder: Path) -> Produced:
         "ss_network_module": "lycoris.kohya",
         "ss_network_args": json.dumps({"algo": LYCORIS_KINDS[kind]["network_module"]}),
     }
-    path = save_safetensors(
-        folder / f"lycoris_{kind}_{base}.safetensors", lycoris_state_dict(base, nets), metadata
-    )
+    sd = lycoris_state_dict(base, nets)
+    if kind == "lokr_full_matrix":
+        # LyCORIS ignores alpha when both Kronecker factors are full (its loader resets it to
+        # the dim, lokr.py); older files carry other values: one here, so that using it fails
+        sd.update({k: torch.tensor(1.0) for k in sd if k.endswith(".alpha")})
+    path = save_safetensors(folder / f"lycoris_{kind}_{base}.safetensors", sd, metadata)
 
     def reference(weight: Weight) -> Outputs:
         _set_multipliers(nets, weight)
@@ -514,3 +517,40 @@ def kohya_hand_file(base: str, kind: str, folder: Path) -> Produced:
     )
     produced.notes["hand_reference"] = hand_formula_reference(base, layers)
     return produced
+
+
+_ATTN_PROCS = {
+    "to_q": "to_q_lora",
+    "to_k": "to_k_lora",
+    "to_v": "to_v_lora",
+    "to_out.0": "to_out_lora",
+}
+
+
+def attn_procs_file(base: str, folder: Path) -> Produced:
+    """The first diffusers LoRA generation (2023 `save_attn_procs`): UNet attention only, keys
+    `<attention>.processor.to_q_lora.down.weight` without a component prefix, no alpha
+    (scale 1). Weights come from a PEFT LoRA with lora_alpha = r, whose forward is the
+    reference."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+
+    comps = fresh(base)
+    targets = r".*(down_blocks\.1|mid_block|up_blocks\.1)\..*\.(to_q|to_k|to_v|to_out\.0)$"
+    model = get_peft_model(comps.unet, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+    randomise_peft(model, torch.Generator().manual_seed(6))
+    sd = {}
+    for key, value in get_peft_model_state_dict(model).items():
+        path, factor = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+        attention, projection = re.fullmatch(
+            r"(.*\.attn\d)\.(to_q|to_k|to_v|to_out\.0)", path
+        ).groups()
+        updown = {"A.weight": "down", "B.weight": "up"}[factor]
+        sd[f"{attention}.processor.{_ATTN_PROCS[projection]}.{updown}.weight"] = value
+    path = save_safetensors(folder / f"attn_procs_{base}.safetensors", sd, {})
+
+    def reference(weight: Weight) -> Outputs:
+        peft_set_weight({"unet": comps.unet}, weight)
+        return forward_all(comps.as_mapping())
+
+    return Produced("attn_procs", base, path, reference, targets=("unet",))

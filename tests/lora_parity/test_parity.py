@@ -57,11 +57,12 @@ def check(ours_out: Outputs, ref: Outputs, base: str, targets) -> dict[str, floa
 
 
 @pytest.mark.parametrize("weight", P.WEIGHTS)
-def test_parity(produced: P.Produced, weight: float):
+def test_parity(produced: P.Produced, weight: float, record_property):
     if weight not in produced.weights:
         pytest.skip(f"{produced.kind} has no notion of weight {weight}")
     ref = produced.reference(weight)
-    check(ours(produced.base, [(produced.source, weight)]), ref, produced.base, produced.targets)
+    out = ours(produced.base, [(produced.source, weight)])
+    record_property("relative_error", check(out, ref, produced.base, produced.targets))
 
 
 def test_component_weights(produced: P.Produced):
