@@ -39,19 +39,6 @@ ModelManager.open(sys.argv[1])
 print("done", flush=True)
 """
 
-_GENERATE = """
-import sys, time
-from loraworks.models import ModelManager
-from loraworks.generation import generate
-from tests.reliability.root import request
-mm = ModelManager.open(sys.argv[1])
-def on_step(event):
-    print(f"step {event.step}", flush=True)
-    time.sleep(0.2)
-generate(request([("k0", 0.8)], steps=50), manager=mm, progress=on_step)
-print("done", flush=True)
-"""
-
 _SERVE = """
 import sys, uvicorn
 from loraworks.models import ModelManager
@@ -87,7 +74,7 @@ def test_sigkill_at_random_moments_during_install(tmp_path):
     sources = [_big_lora(tmp_path / f"big{i}.safetensors", 1024 + i) for i in range(3)]
     root = tmp_path / "root"
     interrupted = 0
-    for _ in range(3):
+    for _ in range(2):
         proc = start(_INSTALL, str(root), *map(str, sources))
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.0, 1.5))
@@ -109,7 +96,7 @@ def test_sigkill_at_random_moments_during_autoimport_scan(tmp_path):
         save_file(kohya_sd1_tensors(seed=i), str(drop / f"lora{i:02d}.safetensors"))
     (drop / "broken.safetensors").write_bytes(b"\x10\x00\x00")
     interrupted = 0
-    for _ in range(3):
+    for _ in range(2):
         proc = start(_SCAN, str(root))
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.2, 2.0))
@@ -123,18 +110,9 @@ def test_sigkill_at_random_moments_during_autoimport_scan(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_during_generation(tmp_path, sd1_root):
-    root = _fresh_root(tmp_path, sd1_root)
-    proc = start(_GENERATE, str(root))
-    wait_for_line(proc, "step 2")
-    assert kill(proc)
-    mm = assert_consistent(root)
-    assert mm.images.count() == 0
-    mm.close()
-
-
-@pytest.mark.timeout(300)
-def test_interrupted_queue_item_is_failed_after_restart(tmp_path, sd1_root):
+def test_sigkill_during_generation_in_the_server(tmp_path, sd1_root):
+    """Killed mid-generation: no image record, a consistent root, and after a restart the
+    interrupted queue item is reported failed."""
     root = _fresh_root(tmp_path, sd1_root)
     port = free_port()
     proc = start(_SERVE, str(root), str(port))
@@ -144,6 +122,7 @@ def test_interrupted_queue_item_is_failed_after_restart(tmp_path, sd1_root):
     finally:
         kill(proc)
     mm = assert_consistent(root)
+    assert mm.images.count() == 0
     with TestClient(create_app(mm, start_worker=False)) as client:
         response = client.get(f"/api/queue/{item_id}")
     mm.close()
