@@ -81,7 +81,9 @@ def components_of(pipe: Any) -> dict[str, nn.Module]:
         comps = {k: pipe[k] for k in COMPONENTS if pipe.get(k) is not None}
     else:
         comps = {k: getattr(pipe, k) for k in COMPONENTS if getattr(pipe, k, None) is not None}
-    for k, m in comps.items():
+    for k, m in list(comps.items()):
+        m = getattr(m, "_orig_mod", m)  # a torch.compile'd module patches its original
+        comps[k] = m
         if not isinstance(m, nn.Module):
             raise LoRAError(f"component {k!r} is a {type(m).__name__}, not a torch module")
     if not comps:
