@@ -21,7 +21,7 @@ def forward_all(components: Mapping[str, torch.nn.Module]) -> Outputs:
     unet = components["unet"]
     dtype = unet.dtype
     cfg = unet.config
-    sample = torch.randn(1, 4, 8, 8, generator=g).to(dtype)
+    sample = torch.randn(1, 4, 16, 16, generator=g).to(dtype)
     context = torch.randn(1, len(_TOKENS), cfg.cross_attention_dim, generator=g).to(dtype)
     kwargs = {}
     if cfg.addition_embed_type == "text_time":
