@@ -63,7 +63,7 @@ def lora(
     alpha: float = typer.Option(8.0),
     batch: int = typer.Option(16),
     lr: float = typer.Option(1e-3),
-    stars: int = typer.Option(4000, help="star pictures in the training set"),
+    stars: int = typer.Option(1000, help="star pictures in the training set"),
     base_share: float = typer.Option(0.25, help="ordinary pictures mixed in, per star picture"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -96,6 +96,7 @@ def lcm_lora(
     lr: float = typer.Option(1e-3),
     w_min: float = typer.Option(3.0, help="smallest teacher guidance scale"),
     w_max: float = typer.Option(7.0, help="largest teacher guidance scale"),
+    images: int = typer.Option(2000, help="pictures whose latents are distilled on"),
     seed: int = typer.Option(0),
 ) -> None:
     """Distil the LCM-LoRA `demo-lcm` from the base model; resumes from `out`."""
@@ -111,6 +112,7 @@ def lcm_lora(
         lr=lr,
         w_min=w_min,
         w_max=w_max,
+        images=images,
         seed=seed,
     )
     typer.echo(f"LCM-LoRA: {train_lcm(cfg)}")

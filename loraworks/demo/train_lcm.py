@@ -63,7 +63,7 @@ class LCMTrainConfig:
     w_max: float = 7.0
     ddim_steps: int = 50
     huber_c: float = 0.001
-    images: int = 8000
+    images: int = 2000
     seed: int = 0
     checkpoint_every: int = 100
     name: str = "demo-lcm"

@@ -41,7 +41,7 @@ class LoRATrainConfig:
     alpha: float = 8.0
     batch: int = 16
     lr: float = 1e-3
-    stars: int = 4000
+    stars: int = 1000
     base_share: float = 0.25
     seed: int = 0
     checkpoint_every: int = 100
