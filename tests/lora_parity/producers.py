@@ -8,8 +8,9 @@ How m reaches each producer (documented here once; the tests only pass m on):
 * PEFT / diffusers (LoRA, DoRA, rsLoRA, LoHa, LoKr): `set_scale(adapter, m)` on every tuner
   layer, which is what diffusers' `set_adapters(..., weights)` does. For DoRA this scales
   s·BA inside the norm. PEFT IA3 has no scale: only m = 1 is tested.
-* kohya layout by hand: diffusers `load_lora_weights` + `fuse_lora(lora_scale=m)`; the hand
-  formula W + m·(α/r)·up@down is kept as a second reference to check the files themselves.
+* kohya layout by hand: diffusers `load_lora_weights`, `set_adapters` with the per-component
+  weights, `fuse_lora`; the hand formula W + m·(α/r)·up@down is a second reference, used to
+  check the files themselves (test_producers.py).
 
 Every adapter parameter is drawn at random (producers zero-initialise one factor), so that
 every LoRA changes every component it targets.
@@ -68,10 +69,6 @@ def component_weight(weight: Weight, component: str) -> float:
     return float(weight)
 
 
-def te_components(c: Components) -> dict[str, torch.nn.Module]:
-    return {k: v for k, v in c.as_mapping().items() if k != "unet"}
-
-
 class _TextModelRoot(torch.nn.Module):
     """Puts a `text_model.` level above a CLIPTextModel that lacks it (transformers ≥5.16),
     so module paths read like the ones in real kohya/LyCORIS files."""
@@ -119,7 +116,7 @@ TE_BLOCKS = ["CLIPAttention", "CLIPMLP"]
 # cost of wrapping all of them (LyCORIS rebuilds every delta in every forward).
 UNET_SKIP = [r"(down|up)_blocks\.[023]\b"]
 
-# kind -> (network kwargs, target UNet blocks, target TE blocks, enable conv)
+# kind -> LycorisNetwork kwargs, plus optional "unet"/"te" (target block classes) and "conv"
 LYCORIS_KINDS: dict[str, dict] = {
     "lora": dict(network_module="lora", unet=["Transformer2DModel"], conv=False),
     "locon": dict(network_module="locon"),
@@ -256,7 +253,7 @@ def lycoris_stack(base: str, kinds: Mapping[str, Weight], folder: Path):
     """Several LyCORIS networks on one model. LyCORIS chains the wrappers and each reads the
     original weight, so the reference is W + Σ mᵢ·ΔWᵢ (additive kinds only)."""
     comps = fresh(base)
-    files, stack = [], []
+    files = []
     for i, (kind, weight) in enumerate(kinds.items()):
         _, nets = lycoris_networks(base, kind, seed=10 + i, comps=comps)
         _set_multipliers(nets, weight)
@@ -264,7 +261,6 @@ def lycoris_stack(base: str, kinds: Mapping[str, Weight], folder: Path):
             folder / f"stack_{kind}_{base}.safetensors", lycoris_state_dict(base, nets), {}
         )
         files.append((path, weight))
-        stack.append(nets)
 
     def reference() -> Outputs:
         return forward_all(comps.as_mapping())

@@ -80,11 +80,26 @@ def read(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 (not a dict)
 
 
+# Files whose tensors fit more than one base (the engine then picks one, lists all it fits in
+# `compatible_bases` and warns): IA3 vectors on a UNet slice carry no cross-attention width,
+# and SD2 and SDXL both use linear projections.
+AMBIGUOUS = {"peft_ia3"}
+
+
+def detected(source) -> tuple[str, frozenset[str]]:
+    lora = load_lora(source)
+    return lora.base, frozenset(lora.compatible_bases)
+
+
 @pytest.mark.parametrize("case", list(cases()))
 def test_base_detection_ignores_key_order(case, lora_folder, produced_files):
     name, base = case
     source = produced_files.get((name, base)) or FACTORIES[name](base, lora_folder).source
-    assert load_lora(source).base == base
+    found, fits = detected(source)
+    if name in AMBIGUOUS:
+        assert base in fits, (found, fits)
+    else:
+        assert found == base, (found, fits)
     if source.is_dir():  # a PEFT folder: its config belongs to it, the order is the file's
         return
     state_dict, metadata = read(source)
@@ -92,7 +107,7 @@ def test_base_detection_ignores_key_order(case, lora_folder, produced_files):
     for seed in range(3):
         random.Random(seed).shuffle(keys)
         shuffled = {k: state_dict[k] for k in keys}
-        assert load_lora((shuffled, metadata)).base == base, f"key order {seed}"
+        assert detected((shuffled, metadata)) == (found, fits), f"key order {seed}"
 
 
 @pytest.mark.parametrize(
