@@ -210,6 +210,15 @@ def _convert(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
     raise LoRAFormatError(f"not a LoRA file we know (keys: {shown}{' …' if len(sd) > 6 else ''})")
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t`` (``aminmax`` propagates NaN; ~30x faster than ``isfinite().all()``
+    on fp16 CPU tensors)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.reshape(-1))
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+
+
 def build(
     conv: Converted,
     metadata: dict[str, str],
@@ -222,7 +231,7 @@ def build(
     for target, leaves in conv.groups.items():
         label = conv.origin.get(target, target)
         for leaf, t in leaves.items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not _finite(t):
                 raise LoRAFormatError(
                     f"refusing this LoRA: layer {label!r} has NaN/Inf values in {leaf!r}"
                 )

@@ -57,7 +57,9 @@ class LoRA:
     def to(self, device=None, dtype: torch.dtype | None = None) -> LoRA:
         """Move every tensor (e.g. to the GPU once, so each apply skips the copy)."""
         for layer in self.layers.values():
-            for obj in (layer, getattr(layer, "inner", None), getattr(layer, "sparse", None)):
+            inner = getattr(layer, "inner", None)
+            objs = (layer, inner, layer.sparse, getattr(inner, "sparse", None))
+            for obj in objs:
                 if obj is None:
                     continue
                 for attr, val in list(vars(obj).items()):
