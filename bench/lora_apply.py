@@ -199,6 +199,7 @@ def main() -> None:
     if args.only:
         cases = [c for c in cases if c[0] in args.only]
     timer = Timer(args.device)
+    load_before = os.getloadavg()[0]
     rows = []
     for label, kind, rank in cases:
         path = tmp / f"{label}.safetensors"
@@ -220,8 +221,9 @@ def main() -> None:
             for fn in order:
                 r = fn(pipe, path, timer, args.device)
                 (ours if fn is bench_loraworks else theirs).append(r)
-            print(f"  repeat {rep}: loraworks {ours[-1]['apply'] + ours[-1]['restore']:.3f}s, "
-                  f"diffusers {theirs[-1]['apply'] + theirs[-1]['restore']:.3f}s", flush=True)  # fmt: skip
+            lw = ours[-1]["apply"] + ours[-1]["restore"]
+            df = theirs[-1]["apply"] + theirs[-1]["restore"]
+            print(f"  repeat {rep}: loraworks {lw:.3f}s, diffusers {df:.3f}s", flush=True)
 
         def med(rs, key):
             return statistics.median(r[key] for r in rs)
@@ -255,7 +257,8 @@ def main() -> None:
     lines = [
         f"`{cmd}` — {args.size} SD1.5 UNet + CLIP-L, {dtype_name}, {args.device} ({device_desc}), "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}; medians of {args.repeats} "
-        f"repeats, seconds.",
+        f"repeats, seconds. Load average during the run: {load_before:.1f} → "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs were running).",
         "",
         "| LoRA | layers | loraworks load+apply | restore | **total** | apply (LoRA cached) "
         "| diffusers load+fuse | unfuse+unload | **total** | speed-up | extra MiB while patched "
