@@ -258,7 +258,8 @@ def main() -> None:
         f"`{cmd}` — {args.size} SD1.5 UNet + CLIP-L, {dtype_name}, {args.device} ({device_desc}), "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}; medians of {args.repeats} "
         f"repeats, seconds. Load average during the run: {load_before:.1f} → "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs were running).",
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        + (" (other jobs were running)." if load_before > 0.75 * (os.cpu_count() or 1) else "."),
         "",
         "| LoRA | layers | loraworks load+apply | restore | **total** | apply (LoRA cached) "
         "| diffusers load+fuse | unfuse+unload | **total** | speed-up | extra MiB while patched "
