@@ -288,3 +288,14 @@ def test_unknown_and_broken_layers_name_the_keys():
     with pytest.raises(LoRAFormatError, match="rank"):
         layer_from_leaves({"lora_up.weight": rnd(3, 2), "lora_down.weight": rnd(3, 4)})
     assert math.isfinite(layer_from_leaves(_lora_leaves()).scale)
+
+
+def test_peft_lora_bias():
+    up, down, ub = rnd(4, 2), rnd(2, 3), rnd(4)
+    layer = layer_from_leaves(
+        {"lora_up.weight": up, "lora_down.weight": down, "lora_up.bias": ub},
+        Convention("peft", alpha=4),
+    )
+    assert layer.touches_bias
+    out = res(layer, rnd(4, 3), 0.5, rnd(4))
+    torch.testing.assert_close(out["bias"], 0.5 * 2.0 * ub)

@@ -61,6 +61,10 @@ class LoRALayer(Layer):
         self.alpha = alpha
         self.scale = lora_scale(alpha, self.rank, convention)
 
+    @property
+    def touches_bias(self) -> bool:
+        return self.up_bias is not None
+
     @classmethod
     def from_state_dict(cls, leaves, convention):
         up, down = require(leaves, "lora_up.weight", "lora_down.weight")
