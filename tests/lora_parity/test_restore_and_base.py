@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from loraworks.lora import LoRABaseMismatch, apply_loras, load_lora
+from loraworks.lora import LoRABaseMismatch, LoRAError, apply_loras, load_lora
 from tests.fixtures.models import BASES
 from tests.lora_parity import producers as P
 from tests.lora_parity.catalogue import FACTORIES, cases
@@ -121,4 +121,29 @@ def test_wrong_base_raises_and_names_both(lora_base, model_base, lora_folder):
         pass
     message = str(error.value)
     assert lora_base in message and model_base in message, message
+    assert_restored(components, before)
+
+
+def test_unmatched_keys_are_reported_or_raise(lora_folder):
+    """A layer that names no module of the model: listed in the report, an error with strict."""
+    state_dict, metadata = read(P.kohya_hand_path("sd1", "kohya_lora", lora_folder)[0])
+    ghost = "lora_unet_down_blocks_7_attentions_0_proj_in"
+    state_dict.update(
+        {
+            f"{ghost}.lora_down.weight": torch.zeros(4, 32, 1, 1),
+            f"{ghost}.lora_up.weight": torch.zeros(32, 4, 1, 1),
+            f"{ghost}.alpha": torch.tensor(2.0),
+        }
+    )
+    lora = load_lora((state_dict, metadata))
+    components = P.fresh("sd1").as_mapping()
+    before = snapshot(components)
+    with apply_loras(components, [(lora, 1.0)]) as report:
+        assert changed(components, before) > 0
+    assert any("down_blocks.7" in u or "down_blocks_7" in u for u in report.unmatched), report
+    with (
+        pytest.raises(LoRAError, match=r"down_blocks[._]7"),
+        apply_loras(components, [(lora, 1.0)], strict=True),
+    ):
+        pass
     assert_restored(components, before)
