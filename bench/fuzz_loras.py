@@ -73,6 +73,7 @@ def main() -> None:
     model = Model.of(components)
     work = Path(tempfile.mkdtemp(prefix="fuzz-"))
     mm = ModelManager.open(work / "root")
+    scan_mm = ModelManager.open(work / "scan-root")  # its drop folder gets the scan batches
     client = TestClient(create_app(mm, start_worker=False, generate=_no_generation))
     counts: Counter[str] = Counter()
     failures: list[str] = []
@@ -93,13 +94,17 @@ def main() -> None:
         if not batch:
             return
         try:
-            for outcome in scan_outcomes(batch, mm).values():
+            for outcome in scan_outcomes(batch, scan_mm).values():
+                if isinstance(outcome, Failure):
+                    failures.append(f"scan: {outcome}")
+                    outcome = "FAILURE"
                 counts[f"scan: {outcome}"] += 1
         except Failure as exc:
             failures.append(f"scan: {exc}")
-            counts["scan: FAILURE"] += len(batch)
-        shutil.rmtree(mm.paths.autoimport_lora / "fuzz", ignore_errors=True)
-        mm.scan()  # their records go `missing`
+            counts["scan: FAILURE (whole batch)"] += len(batch)
+        shutil.rmtree(scan_mm.paths.autoimport_lora / "fuzz", ignore_errors=True)
+        for stored in scan_mm.list():  # keep the database small: forget the batch
+            scan_mm.remove(stored.key)
         batch.clear()
 
     with client:
@@ -108,12 +113,16 @@ def main() -> None:
             engine = record("engine", engine_outcome, case, written, model)
             if engine is None:
                 engine = "loaded"  # it loaded, then failed at apply: install/scan accept it
-            if "install" in stages:
-                record("install", install_outcome, case, written, mm, engine)
+            installed = "install" in stages and record(
+                "install", install_outcome, case, written, mm, engine
+            )
+            if installed == "ok":
+                for stored in mm.list():  # keep the database small
+                    mm.remove(stored.key)
             if "api" in stages:
                 record("api", api_outcome, case, written, client)
             if "scan" in stages:
-                batch.append((case, case.write(mm.paths.autoimport_lora / "fuzz"), engine))
+                batch.append((case, case.write(scan_mm.paths.autoimport_lora / "fuzz"), engine))
                 if len(batch) >= SCAN_BATCH:
                     flush_scan()
             written.path.unlink(missing_ok=True)
@@ -122,6 +131,7 @@ def main() -> None:
         flush_scan()
     seconds = time.perf_counter() - t0
     mm.close()
+    scan_mm.close()
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.cases} cases x stages {','.join(stages)} in {seconds:.0f} s")

@@ -200,9 +200,10 @@ def install_outcome(case: HostileCase, written: Written, mm: ModelManager, engin
 
 def scan_outcomes(
     batch: list[tuple[HostileCase, Written, str]], mm: ModelManager
-) -> dict[str, str]:
+) -> dict[str, str | Failure]:
     """Scan the drop folder holding `batch`; every file the engine refuses must get an
-    `error` record with a reason, and the scan itself must not raise."""
+    `error` record with a reason, and the scan itself must not raise (that is a `Failure` for
+    the whole batch). Returns each case's outcome, or its `Failure`."""
     try:
         with time_limit(CASE_LIMIT_S * 4):
             report = mm.scan()
@@ -212,23 +213,30 @@ def scan_outcomes(
         raise Failure(f"scan raised {type(exc).__name__}: {exc}") from exc
     by_path = {str(Path(m.path)): m for m in mm.list(type="lora")}
     duplicates = {str(d.path) for d in report.duplicates}
-    out: dict[str, str] = {}
+    out: dict[str, str | Failure] = {}
     for case, written, engine in batch:
-        record = by_path.get(str(written.path))
-        _no_payload(written, case.label)
-        if record is None and str(written.path) in duplicates:
-            out[case.label] = "duplicate"  # same bytes as another file: skipped, named
-        elif engine == REFUSED_LOAD:
-            if record is None or record.status != "error" or not (record.error or "").strip():
-                got = None if record is None else (record.status, record.error)
-                raise Failure(f"{case.label}: scan did not record the refusal: {got}")
-            readable(ValueError(record.error), case.label)
-            out[case.label] = "error record"
-        elif record is None or record.status != "ok":
-            raise Failure(f"{case.label}: a file the engine reads was not recorded as ok")
-        else:
-            out[case.label] = "ok record"
+        try:
+            out[case.label] = _scan_judgement(
+                case, written, engine, by_path.get(str(written.path)), duplicates
+            )
+        except Failure as exc:
+            out[case.label] = exc
     return out
+
+
+def _scan_judgement(case, written, engine: str, record, duplicates: set[str]) -> str:
+    _no_payload(written, case.label)
+    if record is None and str(written.path) in duplicates:
+        return "duplicate"  # same bytes as another file: skipped, with a message naming it
+    if engine == REFUSED_LOAD:
+        if record is None or record.status != "error" or not (record.error or "").strip():
+            got = None if record is None else (record.status, record.error)
+            raise Failure(f"{case.label}: scan did not record the refusal: {got}")
+        readable(ValueError(record.error), case.label)
+        return "error record"
+    if record is None or record.status != "ok":
+        raise Failure(f"{case.label}: a file the engine reads was not recorded as ok")
+    return "ok record"
 
 
 def api_outcome(case: HostileCase, written: Written, client: Any) -> str:

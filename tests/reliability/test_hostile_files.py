@@ -93,6 +93,8 @@ def test_autoimport_scan_records_every_refusal(manager, fp16_model):
         written = case.write(folder)
         batch.append((case, written, engine_outcome(case, written, fp16_model)))
     outcomes = scan_outcomes(batch, manager)
+    failures = [str(o) for o in outcomes.values() if isinstance(o, Failure)]
+    assert failures == []
     assert list(outcomes.values()).count("error record") > 20
 
 
