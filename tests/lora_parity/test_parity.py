@@ -56,6 +56,18 @@ def check(ours_out: Outputs, ref: Outputs, base: str, targets) -> dict[str, floa
     return errors
 
 
+COMPONENT_WEIGHT_KINDS = {
+    "locon",
+    "dora",
+    "ia3",
+    "lokr_tucker",
+    "diffusers_lora_diffusers",
+    "diffusers_dora_peft_keys",
+    "kohya_lora",
+    "kohya_locon",
+}
+
+
 @pytest.mark.parametrize("weight", P.WEIGHTS)
 def test_parity(produced: P.Produced, weight: float, record_property):
     if weight not in produced.weights:
@@ -66,9 +78,10 @@ def test_parity(produced: P.Produced, weight: float, record_property):
 
 
 def test_component_weights(produced: P.Produced):
-    """A dict weight patches only the components it names, each at its own weight."""
-    if produced.weights != P.WEIGHTS:
-        pytest.skip(f"{produced.kind} has no notion of weight")
+    """A dict weight patches only the components it names, each at its own weight (on the
+    multi-component files of each family: the rest add run time, not coverage)."""
+    if produced.kind not in COMPONENT_WEIGHT_KINDS:
+        pytest.skip("covered by the other families' files")
     weight = {"unet": 0.5, "text_encoder": -1.0}
     ref = produced.reference(weight)
     out = ours(produced.base, [(produced.source, weight)])
