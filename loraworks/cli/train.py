@@ -30,6 +30,7 @@ def base(
     seed: int = typer.Option(0),
     checkpoint_every: int = typer.Option(250),
     decoder_steps: int = typer.Option(1500, help="decoder fine-tuning steps (fixed latents)"),
+    offset_noise: float = typer.Option(0.2, help="per-channel noise offset (see epsilon_loss)"),
     stage: str = typer.Option("all", help="all | decoder (alongside the UNet) | export"),
 ) -> None:
     """Train `demo-shapes` (VAE, UNet, decoder fine-tune, export); resumes from `out`."""
@@ -45,6 +46,7 @@ def base(
         seed=seed,
         checkpoint_every=checkpoint_every,
         decoder_steps=decoder_steps,
+        offset_noise=offset_noise,
     )
     typer.echo(f"model: {train_base(cfg, stage)}")
 

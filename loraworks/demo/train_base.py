@@ -44,6 +44,7 @@ class BaseTrainConfig:
     vae_crop: int = 32
     lr: float = 1e-3
     caption_dropout: float = 0.1
+    offset_noise: float = 0.2
     ema_decay: float = 0.999
     decoder_steps: int = 1500
     decoder_batch: int = 8
@@ -218,7 +219,7 @@ def train_unet(cfg: BaseTrainConfig, vae, te, data: EncodedSet, tokenizer) -> Pa
         states = torch.where(
             drop[:, None, None], captions.empty, captions.states[captions.index[idx]]
         )
-        loss = epsilon_loss(unet, data.latents[idx], states, noise_sched, g)
+        loss = epsilon_loss(unet, data.latents[idx], states, noise_sched, g, cfg.offset_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -43,6 +43,7 @@ class LoRATrainConfig:
     lr: float = 1e-3
     stars: int = 1000
     base_share: float = 0.25
+    offset_noise: float = 0.2
     seed: int = 0
     checkpoint_every: int = 100
     name: str = "demo-star"
@@ -109,7 +110,7 @@ def train_lora(cfg: LoRATrainConfig) -> Path:
         # the encoder runs once per distinct caption in the batch: it is 768 wide
         unique, inverse = torch.unique(all_ids[idx], dim=0, return_inverse=True)
         states = parts.text_encoder(unique)[0][inverse]
-        loss = epsilon_loss(parts.unet, all_latents[idx], states, noise_sched, g)
+        loss = epsilon_loss(parts.unet, all_latents[idx], states, noise_sched, g, cfg.offset_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
