@@ -67,25 +67,43 @@ def randomise_lycoris(net: torch.nn.Module, algo: str, gen: torch.Generator) -> 
             p.copy_(noise * std)
 
 
+_PRESET_ATTRS = (
+    "ENABLE_CONV",
+    "TARGET_REPLACE_MODULE",
+    "TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "LORA_PREFIX",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
+
+
 def _lycoris_network(root: torch.nn.Module, prefix: str, spec: dict, blocks: list[str]):
+    """A LycorisNetwork with our preset. Presets live on the class, so the class's own are put
+    back afterwards: other tests that use LyCORIS must not inherit our prefix or exclusions."""
     from lycoris.wrapper import LycorisNetwork
 
-    LycorisNetwork.apply_preset(
-        {
-            "enable_conv": spec.get("conv", True),
-            "target_module": blocks,
-            "target_name": [],
-            "module_algo_map": {},
-            "name_algo_map": {},
-            "lora_prefix": prefix,
-            "use_fnmatch": False,
-            "exclude_name": UNET_SKIP,
-        }
-    )
+    saved = {attr: getattr(LycorisNetwork, attr) for attr in _PRESET_ATTRS}
+    preset = {
+        "enable_conv": spec.get("conv", True),
+        "target_module": blocks,
+        "target_name": [],
+        "module_algo_map": {},
+        "name_algo_map": {},
+        "lora_prefix": prefix,
+        "use_fnmatch": False,
+        "exclude_name": UNET_SKIP,
+    }
     kwargs = {k: v for k, v in spec.items() if k not in ("unet", "te", "conv")}
     kwargs.setdefault("lora_dim", 4)
     kwargs.setdefault("conv_lora_dim", kwargs["lora_dim"])
-    return LycorisNetwork(root, multiplier=1.0, alpha=2, conv_alpha=2, **kwargs)
+    LycorisNetwork.apply_preset(preset)
+    try:
+        return LycorisNetwork(root, multiplier=1.0, alpha=2, conv_alpha=2, **kwargs)
+    finally:
+        for attr, value in saved.items():
+            setattr(LycorisNetwork, attr, value)
 
 
 def lycoris_networks(base: str, kind: str, seed: int = 1, comps: Components | None = None):
