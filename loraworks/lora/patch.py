@@ -185,9 +185,17 @@ class LoRAPatcher:
     with equal weights); otherwise it plans the new stack (raising before any change if it is
     invalid), restores the old one and applies the new. ``restore()`` puts back the originals;
     ``current`` is the applied stack (a tuple, empty when nothing is applied).
+
+    Switching stacks with ``set`` reuses, for every weight patched before and after, the
+    tensor that held its previous patched value (no new allocation, no page faults, the same
+    storage address). ``keep_buffers=True`` also keeps those tensors across ``restore()`` for
+    the next ``set`` — faster re-patching for the price of holding the patched size in memory
+    while unpatched; ``release_buffers()`` drops them.
     """
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, keep_buffers: bool = False):
+        self.keep_buffers = keep_buffers
+        self._pool: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self.components = components_of(pipe)
         self.base = model_base(self.components)
         self._index: dict[str, _Index] = {}
@@ -215,14 +223,18 @@ class LoRAPatcher:
             t0 = time.perf_counter()
             report = PatchReport()
             targets = self._plan(stack, strict, report)
-            self._restore_locked()
-            if targets:
-                self._claim()
-                try:
-                    self._apply(targets, report)
-                except BaseException:
-                    self._restore_locked()
-                    raise
+            self._restore_locked(keep=True)
+            try:
+                if targets:
+                    self._claim()
+                    try:
+                        self._apply(targets, report)
+                    except BaseException:
+                        self._restore_locked(keep=False)
+                        raise
+            finally:
+                if not self.keep_buffers:
+                    self._pool.clear()
             self._current, self._key = stack, key
             report.seconds = time.perf_counter() - t0
             self._report = report
@@ -230,7 +242,12 @@ class LoRAPatcher:
 
     def restore(self) -> None:
         with self._lock:
-            self._restore_locked()
+            self._restore_locked(keep=self.keep_buffers)
+
+    def release_buffers(self) -> None:
+        """Drop the patched-weight tensors kept for reuse (``keep_buffers=True``)."""
+        with self._lock:
+            self._pool.clear()
 
     # --- internals -----------------------------------------------------------------------------
     @staticmethod
@@ -341,12 +358,16 @@ class LoRAPatcher:
             bparam = getattr(t.module, "bias", None)
             w0 = wparam.data
             wf = w0 if w0.dtype == torch.float32 else w0.float()
+            wbuf = self._take(wparam)
+            bbuf = self._take(bparam) if isinstance(bparam, torch.Tensor) else None
             bf = None
             if isinstance(bparam, torch.Tensor):
                 b0 = bparam.data
                 bf = b0 if b0.dtype == torch.float32 else b0.float()
             acc: torch.Tensor | None = None
             bacc: torch.Tensor | None = None
+            if wbuf is not None and wbuf.dtype == torch.float32:
+                acc = wbuf.copy_(wf)  # accumulate straight into last patch's tensor
             for layer, strength in t.items:
                 if layer.linear and not layer.touches_bias:
                     acc = layer.add_weight(acc, wf, strength)
@@ -361,26 +382,41 @@ class LoRAPatcher:
                         bacc = bf + db if bacc is None else bacc.add_(db)
                 report.applied += 1
             if acc is not None:
-                self._swap(wparam, acc)
+                self._swap(wparam, acc, wbuf)
                 report.patched_params += 1
             if bacc is not None:
-                self._swap(bparam, bacc)
+                self._swap(bparam, bacc, bbuf)
                 report.patched_params += 1
 
-    def _swap(self, param: torch.Tensor, value: torch.Tensor) -> None:
+    def _take(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The tensor that held ``param``'s previous patched value, if it still fits."""
+        hit = self._pool.pop(id(param), None)
+        if hit is None or hit[0] is not param:
+            return None
+        buf, orig = hit[1], param.data
+        fits = buf.shape == orig.shape and buf.stride() == orig.stride()
+        fits = fits and buf.device == orig.device and buf.dtype == orig.dtype
+        return buf if fits else None
+
+    def _swap(self, param: torch.Tensor, value: torch.Tensor, buf: torch.Tensor | None) -> None:
         orig = param.data
-        new = value if value.dtype == orig.dtype else value.to(orig.dtype)
-        if new.stride() != orig.stride():
-            new = torch.empty_like(orig).copy_(new)
+        if buf is not None:
+            new = buf if value is buf else buf.copy_(value)  # rounds once into the dtype
+        else:
+            new = value if value.dtype == orig.dtype else value.to(orig.dtype)
+            if new.stride() != orig.stride():
+                new = torch.empty_like(orig).copy_(new)
         if new.data_ptr() == orig.data_ptr():  # never alias the backup
             new = new.clone()
         param.data = new
         self._backups.append((param, orig))
 
-    def _restore_locked(self) -> None:
+    def _restore_locked(self, keep: bool = False) -> None:
         backups, self._backups = self._backups, []
         try:
             for param, orig in reversed(backups):
+                if keep:
+                    self._pool[id(param)] = (param, param.data)
                 if param.device != orig.device or param.dtype != orig.dtype:
                     orig = orig.to(device=param.device, dtype=param.dtype)
                 param.data = orig

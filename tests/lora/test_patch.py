@@ -207,3 +207,39 @@ def test_random_apply_restore_sequences():
                 pass
     p.restore()
     assert_bit_exact(c, snap)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_switching_reuses_storage_and_stays_exact(dtype):
+    c = build_components("sd1")
+    for m in c.as_mapping().values():
+        m.to(dtype)
+    snap = snapshot(c)
+    a = load_lora((kohya_lora(c, seed=1), {}))
+    b = load_lora((kohya_lora(c, seed=2), {}))
+    name = _attn2_k("sd1")
+    param = c.unet.get_submodule(name).weight
+    p = LoRAPatcher(c.as_mapping())
+    p.set([(a, 1.0)])
+    ptr_a = param.data_ptr()
+    p.set([(b, 0.5)])
+    assert param.data_ptr() == ptr_a  # same storage, new values
+    fresh = build_components("sd1")
+    for m in fresh.as_mapping().values():
+        m.to(dtype)
+    with apply_loras(fresh.as_mapping(), [(b, 0.5)]):
+        want = {k: v.detach().clone() for k, v in fresh.unet.state_dict().items()}
+    got = c.unet.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)  # identical to a fresh patch
+    p.restore()
+    assert_bit_exact(c, snap)
+    kept = LoRAPatcher(c.as_mapping(), keep_buffers=True)
+    kept.set([(a, 1.0)])
+    ptr = param.data_ptr()
+    kept.restore()
+    assert_bit_exact(c, snap)
+    kept.set([(a, 1.0)])
+    assert param.data_ptr() == ptr
+    kept.restore()
+    kept.release_buffers()
+    assert_bit_exact(c, snap)
