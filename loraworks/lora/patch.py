@@ -189,8 +189,9 @@ class LoRAPatcher:
     Switching stacks with ``set`` reuses, for every weight patched before and after, the
     tensor that held its previous patched value (no new allocation, no page faults, the same
     storage address). ``keep_buffers=True`` also keeps those tensors across ``restore()`` for
-    the next ``set`` — faster re-patching for the price of holding the patched size in memory
-    while unpatched; ``release_buffers()`` drops them.
+    the next ``set`` — faster re-patching (no fresh memory, no page faults) for the price of
+    holding the patched size in memory while unpatched; ``release_buffers()`` drops them.
+    While patched, nothing beyond the patched weights is held either way.
     """
 
     def __init__(self, pipe: Any, keep_buffers: bool = False):
@@ -233,8 +234,7 @@ class LoRAPatcher:
                         self._restore_locked(keep=False)
                         raise
             finally:
-                if not self.keep_buffers:
-                    self._pool.clear()
+                self._pool.clear()  # while patched, hold nothing beyond the patched weights
             self._current, self._key = stack, key
             report.seconds = time.perf_counter() - t0
             self._report = report
