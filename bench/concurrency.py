@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ def main() -> None:
     problems = mismatches(mm, sets, together, steps=args.steps)
     t2 = time.perf_counter()
     mm.close()
+    shutil.rmtree(work, ignore_errors=True)
     print(
         f"{args.requests} concurrent requests (64 px, {args.steps} steps, 0-3 LoRAs each): "
         f"{t1 - t0:.0f} s through the API, {t2 - t1:.0f} s run alone"

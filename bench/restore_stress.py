@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -80,6 +81,7 @@ def run_cancels(count: int, seed: int) -> list[str]:
         except AssertionError as exc:
             failures.append(str(exc))
     mm.close()
+    shutil.rmtree(work, ignore_errors=True)
     return failures
 
 
