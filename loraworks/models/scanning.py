@@ -154,6 +154,8 @@ class Scanner:
         """Record (or mark) an unusable drop-folder file with the reason, shown in listings."""
         stamp = now()
         facts = {
+            "path": path,  # also when `stored` is a moved record: it lives here now
+            "source": str(path),
             "status": "error",
             "error": reason,
             "hash": digest,
@@ -169,9 +171,7 @@ class Scanner:
                     type=kind,
                     base=None,
                     format="unknown",
-                    path=path,
                     in_place=True,
-                    source=str(path),
                     created_at=stamp,
                     **facts,
                 )

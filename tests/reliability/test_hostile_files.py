@@ -122,7 +122,6 @@ def test_4d_up_on_2d_down_is_a_lora_error(fp16_model, tmp_path):
     engine_outcome(case, case.write(tmp_path), fp16_model)
 
 
-@pytest.mark.xfail(strict=True, reason="scanning.py _record_error keeps a moved record's old path")
 def test_broken_file_moved_in_the_drop_folder_is_recorded_at_its_new_path(tmp_path):
     mm = ModelManager.open(tmp_path / "root")
     first = mm.paths.autoimport_lora / "a" / "broken.safetensors"
