@@ -79,6 +79,36 @@ def _median(times: list[Timing]) -> Timing:
     return Timing(statistics.median(t.wall for t in times), statistics.median(t.cpu for t in times))
 
 
+@torch.no_grad()
+def _breakdown(pipe, px: int, repeats: int, device: torch.device) -> None:
+    """Where end-to-end time goes: one UNet call at batch 1 and 2, one VAE decode, one prompt
+    encoding (interleaved). LCM = 4 UNet(b1) + decode; Euler CFG 7.5 = 25 UNet(b2) + decode."""
+    dtype = pipe.unet.dtype
+    latents = torch.randn(1, 4, px // 8, px // 8, device=device, dtype=dtype)
+    context = torch.randn(1, 77, 768, device=device, dtype=dtype)
+    ids = pipe.tokenizer(PROMPT, padding="max_length", return_tensors="pt").input_ids.to(device)
+    parts = {
+        "UNet batch 1": lambda: pipe.unet(latents, 500, encoder_hidden_states=context),
+        "UNet batch 2": lambda: pipe.unet(
+            latents.repeat(2, 1, 1, 1), 500, encoder_hidden_states=context.repeat(2, 1, 1)
+        ),
+        "VAE decode": lambda: pipe.vae.decode(latents),
+        "prompt encode": lambda: pipe.text_encoder(ids),
+    }
+    times: dict[str, list[Timing]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, fn in parts.items():
+            times[name].append(_timed(fn, device))
+    med = {name: _median(t) for name, t in times.items()}
+    for name, t in med.items():
+        print(f"{name}: {t.wall:.2f} s wall ({t.cpu:.1f} CPU s)")
+    u1, u2, d = (med[k].cpu for k in ("UNet batch 1", "UNet batch 2", "VAE decode"))
+    print(
+        f"UNet-only LCM speed-up (25 x b2 / 4 x b1): {25 * u2 / (4 * u1):.1f}x; "
+        f"VAE decode = {d / u1:.1f} UNet(b1) calls (CPU time)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -86,6 +116,9 @@ def main() -> None:
     parser.add_argument("--px", type=int, default=None, help="image side (default 512; tiny 64)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only time UNet / VAE / encoder calls"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,6 +138,9 @@ def main() -> None:
     lcm_settings = RenderSettings(**base, steps=4, cfg=1.0, scheduler="lcm")
     euler_settings = RenderSettings(**base, steps=25, cfg=7.5, scheduler="euler")
 
+    if args.breakdown:
+        _breakdown(pipe, px, args.repeats, device)
+        return
     patch = _timed(lambda: patcher.set([(lcm, 1.0)]), device)
     # The LCM-LoRA stays applied for the Euler runs too: a patched weight is as dense as the
     # original, so their speed is the same, and all four runs can be interleaved per round
