@@ -176,6 +176,7 @@ class _Target:
     path: str
     module: nn.Module
     items: list[tuple[Layer, float]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
 
 
 class LoRAPatcher:
@@ -297,7 +298,9 @@ class LoRAPatcher:
                 if not isinstance(weight, torch.Tensor):
                     report.unmatched.append(f"{label}: {target} (module has no weight)")
                     continue
-                problem = self._check(layer, module)
+                problem = self._check(layer, module) or self._check_bound(
+                    layer, strengths[comp], weight.dtype
+                )
                 if problem:
                     errors.append(f"{label}: {target}: {problem}")
                     continue
@@ -307,10 +310,12 @@ class LoRAPatcher:
                     )
                 t = targets.setdefault((comp, found), _Target(comp, found, module))
                 t.items.append((layer, strengths[comp]))
+                t.labels.append(label)
         if errors:
             shown = "\n  ".join(errors[:20])
             more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
-            raise LoRAShapeError(
+            cls = LoRAShapeError if any("does not fit" in e for e in errors) else LoRAError
+            raise cls(
                 f"{len(errors)} LoRA layer(s) do not fit the model (nothing was patched):\n  "
                 f"{shown}{more}"
             )
@@ -323,6 +328,18 @@ class LoRAPatcher:
         return list(targets.values())
 
     @staticmethod
+    def _check_bound(layer: Layer, strength: float, dtype: torch.dtype) -> str | None:
+        bound = layer.magnitude_bound(strength)
+        if bound is None or not dtype.is_floating_point:
+            return None
+        if not bound < torch.finfo(dtype).max / 4:
+            return (
+                f"the patched weight would not be finite in {dtype} (|ΔW| up to {bound:.3g}; "
+                "is the weight or alpha far too large?)"
+            )
+        return None
+
+    @staticmethod
     def _check(layer: Layer, module: nn.Module) -> str | None:
         shape = tuple(module.weight.shape)
         if isinstance(layer, IA3Layer):
@@ -330,6 +347,9 @@ class LoRAPatcher:
         ds = layer.delta_shape()
         if not shapes_fit(ds, shape):
             return f"layer shape {ds} does not fit weight {shape}"
+        for part in (layer, getattr(layer, "inner", None)):
+            if part is not None and not part.sparse_fits(shape):
+                return f"sparse bias of size {part.sparse.size} does not fit weight {shape}"
         return None
 
     def _claim(self) -> None:
@@ -384,9 +404,27 @@ class LoRAPatcher:
             if acc is not None:
                 self._swap(wparam, acc, wbuf)
                 report.patched_params += 1
+                self._check_finite(t, wparam.data, "weight")
             if bacc is not None:
                 self._swap(bparam, bacc, bbuf)
                 report.patched_params += 1
+                self._check_finite(t, bparam.data, "bias")
+
+    @staticmethod
+    def _check_finite(t: _Target, value: torch.Tensor, what: str) -> None:
+        """Refuse a patch that overflows the module's dtype (e.g. a huge alpha on fp16). Plain
+        LoRA layers are checked by a cheap bound; other kinds by looking at the result."""
+        bounds = [layer.magnitude_bound(s) for layer, s in t.items]
+        if what == "weight" and None not in bounds:
+            return  # plain LoRA: bounded in the plan
+        lo, hi = torch.aminmax(value.reshape(-1))
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+            return
+        names = ", ".join(sorted(set(t.labels)))
+        raise LoRAError(
+            f"refusing to patch {t.comp}.{t.path}: the {what} would not be finite in "
+            f"{value.dtype} ({names}; is a weight or alpha far too large?). Nothing is patched."
+        )
 
     def _take(self, param: torch.Tensor) -> torch.Tensor | None:
         """The tensor that held ``param``'s previous patched value, if it still fits."""

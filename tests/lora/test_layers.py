@@ -299,3 +299,11 @@ def test_peft_lora_bias():
     assert layer.touches_bias
     out = res(layer, rnd(4, 3), 0.5, rnd(4))
     torch.testing.assert_close(out["bias"], 0.5 * 2.0 * ub)
+
+
+def test_sparse_bias_out_of_range_is_a_format_error():
+    leaves = _lora_leaves()
+    bad = {"bias_indices": torch.tensor([[0], [9]]), "bias_values": torch.tensor([1.0]),
+           "bias_size": torch.tensor([4, 6])}  # fmt: skip
+    with pytest.raises(LoRAFormatError, match="outside"):
+        layer_from_leaves({**leaves, **bad})

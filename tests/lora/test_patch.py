@@ -243,3 +243,19 @@ def test_switching_reuses_storage_and_stays_exact(dtype):
     kept.restore()
     kept.release_buffers()
     assert_bit_exact(c, snap)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_overflowing_patch_is_refused_and_nothing_changes(dtype):
+    c = build_components("sd1")
+    c.unet.to(dtype)
+    sd = kohya_lora(c)
+    key = next(k for k in sd if k.endswith(".alpha") and k.startswith("lora_unet_"))
+    sd[key] = torch.tensor(1e9)  # huge alpha: overflows fp16
+    lora = load_lora((sd, {}))
+    weight = 1.0 if dtype == torch.float16 else 1e35  # and a huge weight overflows fp32
+    snap = snapshot(c)
+    with pytest.raises(LoRAError, match="not be finite"):
+        _apply_and_exit(c.as_mapping(), [(lora, weight)])
+    assert_bit_exact(c, snap)
+    _apply_and_exit(c.as_mapping(), [(lora, 0.0)])  # the lock was released

@@ -103,6 +103,15 @@ class SparseDiff:
             raise LoRAFormatError(
                 f"bias_indices shape {tuple(indices.shape)} does not fit bias_size {self.size}"
             )
+        if values.dim() != 1 or values.numel() != self.indices.shape[1]:
+            raise LoRAFormatError("bias_values does not match bias_indices")
+        if any(s <= 0 for s in self.size):
+            raise LoRAFormatError(f"bias_size {self.size} is not a valid size")
+        if self.indices.numel():
+            lo = self.indices.min(dim=1).values
+            hi = self.indices.max(dim=1).values
+            if bool((lo < 0).any()) or any(int(h) >= s for h, s in zip(hi, self.size, strict=True)):
+                raise LoRAFormatError(f"bias_indices lie outside bias_size {self.size}")
 
     def dense(self, device, dtype=torch.float32) -> Tensor:
         return torch.sparse_coo_tensor(
@@ -147,6 +156,10 @@ class Layer:
         shape = self.delta_shape()
         return int(shape[0]) if shape else None
 
+    def magnitude_bound(self, strength: float) -> float | None:
+        """An upper bound of max|ΔW|, or None when the kind has no cheap bound."""
+        return None
+
     def is_conv(self) -> bool | None:
         """Whether the target is a conv (4-D weight); None when the layer does not say."""
         shape = self.delta_shape()
@@ -178,6 +191,9 @@ class Layer:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.all_tensors().values())
+
+    def sparse_fits(self, weight_shape) -> bool:
+        return self.sparse is None or math.prod(self.sparse.size) == math.prod(weight_shape)
 
     def _with_sparse(self, delta: Tensor | None, weight: Tensor, strength: float) -> Tensor | None:
         if self.sparse is None:

@@ -91,6 +91,13 @@ class LoRALayer(Layer):
             return (out, int(self.down.shape[1]), *self.mid.shape[2:])
         return (out, *self.down.shape[1:])
 
+    def magnitude_bound(self, strength):
+        if self.mid is not None or self.sparse is not None:
+            return None
+        if not hasattr(self, "_amax"):
+            self._amax = float(self.up.abs().max()) * float(self.down.abs().max())
+        return abs(self.scale * strength) * self._amax * self.rank
+
     def in_features(self):
         return int(self.down.shape[1])
 
