@@ -210,6 +210,10 @@ def _convert(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
     raise LoRAFormatError(f"not a LoRA file we know (keys: {shown}{' …' if len(sd) > 6 else ''})")
 
 
+#: leaves that are counts, flags or indices; every other leaf must hold floating-point weights
+_NON_FLOAT_LEAVES = frozenset({"alpha", "on_input", "bias_indices", "bias_size"})
+
+
 def _finite(t: torch.Tensor) -> bool:
     """No NaN/Inf in ``t`` (``aminmax`` propagates NaN; ~30x faster than ``isfinite().all()``
     on fp16 CPU tensors)."""
@@ -231,6 +235,11 @@ def build(
     for target, leaves in conv.groups.items():
         label = conv.origin.get(target, target)
         for leaf, t in leaves.items():
+            if not t.is_floating_point() and leaf not in _NON_FLOAT_LEAVES:
+                raise LoRAFormatError(
+                    f"refusing this LoRA: layer {label!r} stores {leaf!r} as {t.dtype}, "
+                    "not as floating-point weights"
+                )
             if not _finite(t):
                 raise LoRAFormatError(
                     f"refusing this LoRA: layer {label!r} has NaN/Inf values in {leaf!r}"

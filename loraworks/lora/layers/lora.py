@@ -49,6 +49,9 @@ class LoRALayer(Layer):
             raise LoRAFormatError(
                 f"lora_up {tuple(up.shape)} and lora_down {tuple(down.shape)} ranks differ"
             )
+        if up.dim() == 4 and any(int(k) != 1 for k in up.shape[2:]):
+            # the kernel lives in lora_down (or lora_mid); an up projection is always 1x1
+            raise LoRAFormatError(f"lora_up {tuple(up.shape)} must have a 1x1 kernel")
         bad_mid = mid is not None and (
             mid.dim() != 4 or mid.shape[0] != up_rank or mid.shape[1] != self.rank
         )
