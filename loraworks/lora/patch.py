@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 
@@ -170,6 +171,38 @@ def _normalise_weight(w: Weight, label: str) -> dict[str, float]:
     raise LoRAError(f"{label}: weight must be a number or a dict, not {type(w).__name__}")
 
 
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text
+
+
+def _check_memory(targets: list[_Target]) -> None:
+    """Refuse, before allocating anything, a stack whose patched weights cannot fit.
+
+    Peak while applying: every patched weight's new tensor (kept while patched) plus, for the
+    largest module, an fp32 copy of the original and an fp32 accumulator."""
+    need: dict[torch.device, int] = {}
+    biggest: dict[torch.device, int] = {}
+    for t in targets:
+        w = t.module.weight
+        dev = w.device
+        need[dev] = need.get(dev, 0) + w.numel() * w.element_size()
+        biggest[dev] = max(biggest.get(dev, 0), w.numel() * 4 * 2)
+    for dev, n in need.items():
+        total = n + biggest[dev]
+        if dev.type == "cuda":
+            free = torch.cuda.mem_get_info(dev)[0]
+        elif dev.type == "cpu":
+            free = psutil.virtual_memory().available
+        else:
+            continue
+        if total > free:
+            raise LoRAError(
+                f"patching this stack needs about {total / 2**30:.1f} GiB of {dev.type} memory "
+                f"and only {free / 2**30:.1f} GiB is free; nothing is patched"
+            )
+
+
 @dataclass
 class _Target:
     comp: str
@@ -225,14 +258,19 @@ class LoRAPatcher:
             t0 = time.perf_counter()
             report = PatchReport()
             targets = self._plan(stack, strict, report)
+            _check_memory(targets)
             self._restore_locked(keep=True)
             try:
                 if targets:
                     self._claim()
                     try:
                         self._apply(targets, report)
-                    except BaseException:
+                    except BaseException as exc:
                         self._restore_locked(keep=False)
+                        if isinstance(exc, RuntimeError) and _is_out_of_memory(exc):
+                            raise LoRAError(
+                                f"not enough memory to patch this stack ({exc}); nothing is patched"
+                            ) from None
                         raise
             finally:
                 self._pool.clear()  # while patched, hold nothing beyond the patched weights
