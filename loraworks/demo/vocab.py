@@ -10,22 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loraworks.models.tokenizer import byte_symbols
+
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 BOS_ID, EOS_ID = 512, 513
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet: every byte maps to a printable unicode character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def write_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> Path:
@@ -36,7 +24,7 @@ def write_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> Path:
     them: a handful of words keeps every id below 1000, so text encoders stay small.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = byte_symbols()
     vocab: dict[str, int] = {}
     for s in [*symbols, *(s + "</w>" for s in symbols), BOS_TOKEN, EOS_TOKEN]:
         vocab.setdefault(s, len(vocab))

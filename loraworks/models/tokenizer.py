@@ -18,7 +18,9 @@ VOCAB_SIZE = 49408
 MAX_LENGTH = 77
 
 
-def _bytes_to_unicode() -> list[str]:
+def byte_symbols() -> list[str]:
+    """CLIP/GPT-2's byte-level alphabet: one printable character per byte, in vocabulary order
+    (CLIP `simple_tokenizer.bytes_to_unicode`)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -36,7 +38,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     merges_text = resources.files("loraworks.models").joinpath(MERGES_RESOURCE).read_text("utf-8")
     merges = [line for line in merges_text.splitlines()[1:] if line]
-    symbols = _bytes_to_unicode()
+    symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     if len(tokens) != VOCAB_SIZE:
