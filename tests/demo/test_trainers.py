@@ -53,7 +53,7 @@ def test_base_trainer_writes_a_diffusers_folder_and_resumes(tmp_path):
     assert (model / "step.txt").read_text().strip() == "2"
     cfg.unet_steps = 3
     train_base(cfg)
-    assert torch.load(tmp_path / "unet.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "unet.pt", weights_only=True)["step"] == 3
     pipe = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32
     assert json.loads((model / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"

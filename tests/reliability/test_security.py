@@ -171,7 +171,6 @@ def test_the_grep_finds_unsafe_calls(tmp_path):
     assert len(_python_files()) > 50
 
 
-@pytest.mark.xfail(strict=True, reason="loraworks/demo/training.py: torch.load(weights_only=False)")
 def test_no_torch_load_without_weights_only():
     bad = [hit for path in _python_files() for hit in _torch_load_calls(path)]
     assert bad == [], f"torch.load without weights_only=True: {bad}"
