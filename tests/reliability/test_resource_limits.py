@@ -127,7 +127,10 @@ def test_patch_larger_than_memory_is_refused_with_a_lora_error(tmp_path):
     proc = start(_HUGE_PATCH, str(weight))
     try:
         wait_for_line(proc, "ready")
-        out, _ = proc.communicate(timeout=150)
+        proc.wait(timeout=150)
+        # not communicate(): with a timeout it reads the pipe's fd directly and would miss lines
+        # that readline() above already pulled into the text buffer
+        out = proc.stdout.read()
     finally:
         proc.kill()
     assert "untouched" in out, out
