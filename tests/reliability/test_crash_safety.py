@@ -5,6 +5,7 @@ queue item is reported failed."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -86,23 +87,47 @@ def test_sigkill_at_random_moments_during_install(tmp_path):
     mm.close()
 
 
+def _record_count(root: Path) -> int:
+    """Model records committed so far (read-only; a busy database reads as "not yet")."""
+    db = root / "databases" / "loraworks.sqlite"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        try:
+            return con.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return -1
+
+
+def _wait_for_records(root: Path, target: int, proc, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while _record_count(root) < target:
+        assert proc.poll() is None, "the scan ended before the planned kill"
+        assert time.monotonic() < deadline, "the scan made no progress"
+        time.sleep(0.001)
+
+
 @pytest.mark.timeout(300)
 def test_sigkill_at_random_moments_during_autoimport_scan(tmp_path):
     rng = random.Random("scan")
     root = tmp_path / "root"
     ModelManager.open(root).close()
     drop = root / "autoimport" / "lora"
-    for i in range(40):
-        save_file(kohya_sd1_tensors(seed=i), str(drop / f"lora{i:02d}.safetensors"))
     (drop / "broken.safetensors").write_bytes(b"\x10\x00\x00")
     interrupted = 0
-    for _ in range(2):
+    for round_ in range(2):
+        # new files each round: reopening the root below finishes the interrupted scan
+        for i in range(20):
+            seed = 20 * round_ + i
+            save_file(kohya_sd1_tensors(seed=seed), str(drop / f"lora{seed:02d}.safetensors"))
         proc = start(_SCAN, str(root))
         wait_for_line(proc, "ready")
-        time.sleep(rng.uniform(0.2, 2.0))
+        # kill after a random number of new records: mid-scan whatever the machine's speed
+        _wait_for_records(root, _record_count(root) + rng.randint(1, 15), proc)
         interrupted += kill(proc)
         assert_consistent(root).close()
-    assert interrupted >= 1, "every scan finished before the kill; nothing was tested"
+    assert interrupted == 2, "a scan finished before its kill; nothing was tested"
     mm = assert_consistent(root)
     assert len(mm.list(type="lora", status="ok")) == 40
     assert mm.get("broken").status == "error"
