@@ -78,7 +78,7 @@ def test_sigkill_at_random_moments_during_install(tmp_path):
     for _ in range(2):
         proc = start(_INSTALL, str(root), *map(str, sources))
         wait_for_line(proc, "ready")
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.3))  # installs take longer than this even when quiet
         interrupted += kill(proc)
         assert_consistent(root).close()
     assert interrupted >= 1, "every install finished before the kill; nothing was tested"
