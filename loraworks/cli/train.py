@@ -67,6 +67,7 @@ def lora(
     lr: float = typer.Option(1e-3),
     stars: int = typer.Option(1000, help="star pictures in the training set"),
     base_share: float = typer.Option(0.25, help="ordinary pictures mixed in, per star picture"),
+    unet_layers: str = typer.Option("attention", help="attention, or all (a LoCon)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train the concept LoRA `demo-star` (kohya format); resumes from `out`."""
@@ -82,6 +83,7 @@ def lora(
         lr=lr,
         stars=stars,
         base_share=base_share,
+        unet_layers=unet_layers,
         seed=seed,
     )
     typer.echo(f"LoRA: {train_lora(cfg)}")

@@ -19,6 +19,21 @@ from torch import nn
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+UNET_ALL = (
+    *UNET_ATTENTION,
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "time_emb_proj",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+)
+"""The UNet layers diffusers' LCM-LoRA example adapts (attention, feed-forward, resnets): a
+LoCon. Drawing a shape the base model never drew needs the resnets, not only attention."""
 
 
 class LoRAModule(nn.Module):

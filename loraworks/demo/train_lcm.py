@@ -20,7 +20,7 @@ from torch import nn
 
 from loraworks.demo.architecture import make_noise_scheduler
 from loraworks.demo.data import make_set, to_tensor
-from loraworks.demo.lora_layers import UNET_ATTENTION, inject, save_lora
+from loraworks.demo.lora_layers import UNET_ALL, inject, save_lora
 from loraworks.demo.training import (
     StepLog,
     cosine_lr,
@@ -33,20 +33,6 @@ from loraworks.demo.training import (
     tokenize,
 )
 
-LCM_TARGETS = (
-    *UNET_ATTENTION,
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "time_emb_proj",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-)
-"""The UNet layers diffusers' LCM-LoRA example adapts (attention, feed-forward, resnets)."""
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -147,7 +133,7 @@ def train_lcm(cfg: LCMTrainConfig) -> Path:
         embeds = parts.text_encoder(tokenize(parts.tokenizer, [*captions, ""]))[0]
     cond_table, uncond = embeds[:-1], embeds[-1:]
 
-    lora = inject(parts.unet, "lora_unet", LCM_TARGETS, cfg.rank, cfg.alpha, (nn.Linear, nn.Conv2d))
+    lora = inject(parts.unet, "lora_unet", UNET_ALL, cfg.rank, cfg.alpha, (nn.Linear, nn.Conv2d))
     params = lora.parameters()
     for p in params:
         p.requires_grad_(True)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from loraworks.demo.architecture import make_noise_scheduler
 from loraworks.demo.data import STAR, TRIGGER, Label, make_set, to_tensor
-from loraworks.demo.lora_layers import TEXT_ATTENTION, UNET_ATTENTION, inject, save_lora
+from loraworks.demo.lora_layers import TEXT_ATTENTION, UNET_ALL, UNET_ATTENTION, inject, save_lora
 from loraworks.demo.training import (
     StepLog,
     cosine_lr,
@@ -47,6 +48,12 @@ class LoRATrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     name: str = "demo-star"
+    unet_layers: str = "attention"
+    """`attention` (the classic kohya LoRA) or `all` (a LoCon: also feed-forward and resnets)."""
+
+    def __post_init__(self) -> None:
+        if self.unet_layers not in ("attention", "all"):
+            raise ValueError(f"unet_layers must be 'attention' or 'all', not {self.unet_layers!r}")
 
 
 def tag_frequency(labels: list[Label]) -> dict[str, dict[str, int]]:
@@ -60,6 +67,9 @@ def tag_frequency(labels: list[Label]) -> dict[str, dict[str, int]]:
 def kohya_metadata(cfg: LoRATrainConfig, labels: list[Label]) -> dict[str, object]:
     return {
         "ss_network_module": "networks.lora",
+        "ss_network_args": json.dumps({"conv_dim": cfg.rank, "conv_alpha": cfg.alpha})
+        if cfg.unet_layers == "all"
+        else "{}",
         "ss_network_dim": str(cfg.rank),
         "ss_network_alpha": str(cfg.alpha),
         "ss_base_model_version": "sd_v1",
@@ -86,7 +96,12 @@ def train_lora(cfg: LoRATrainConfig) -> Path:
     all_latents = torch.cat([latents, prior_latents])
     all_ids = torch.cat([ids, prior_ids])
 
-    unet_lora = inject(parts.unet, "lora_unet", UNET_ATTENTION, cfg.rank, cfg.alpha)
+    if cfg.unet_layers == "all":
+        unet_lora = inject(
+            parts.unet, "lora_unet", UNET_ALL, cfg.rank, cfg.alpha, (nn.Linear, nn.Conv2d)
+        )
+    else:
+        unet_lora = inject(parts.unet, "lora_unet", UNET_ATTENTION, cfg.rank, cfg.alpha)
     te_lora = inject(parts.text_encoder, "lora_te", TEXT_ATTENTION, cfg.rank, cfg.alpha)
     params = unet_lora.parameters() + te_lora.parameters()
     for p in params:

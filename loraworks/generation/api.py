@@ -98,7 +98,7 @@ def _run(
         steps.image = i
         steps.check()
         settings = replace(resolved.settings, seed=resolved.settings.seed + i)
-        rendered = render(loaded.pipe, settings, steps)
+        rendered = render(loaded.pipe, settings, steps, loaded.conds)
         recipe = build_recipe(main, resolved.loras, settings)
         path = save_png(rendered.image, mm.paths.outputs, recipe)
         as_dict = recipe.model_dump(mode="json")
@@ -138,6 +138,7 @@ def generate(
     with loaded.lock:
         try:
             report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])
+            loaded.conds.sync(report)
             result = _run(mm, loaded, main, resolved, request.batch_size, steps)
         except BaseException:
             loaded.patcher.restore()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from loraworks.generation.conditioning import ConditioningCache
 from loraworks.lora import LoRA, LoRAPatcher, load_lora
 from loraworks.models import ModelManager, ModelRecord
 
@@ -31,6 +32,7 @@ class LoadedModel:
     patcher: LoRAPatcher
     nbytes: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    conds: ConditioningCache = field(default_factory=ConditioningCache)
 
 
 def pipeline_bytes(pipe: Any) -> int:

@@ -7,6 +7,7 @@ the negative prompt is not encoded at all.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,3 +97,36 @@ def encode_prompt(
         "time_ids": time_ids.repeat(embeds.shape[0], 1).to(device),
     }
     return Conditioning(embeds.to(device, dtype), added, truncated)
+
+
+class ConditioningCache:
+    """Encoded prompts of one loaded model, reused while its LoRA patch stays the same.
+
+    A batch (seeds S…S+N−1) shares one prompt, and users re-run a prompt with new seeds or
+    other sampler settings: like A1111's cached conds, the text encoders then run once. The
+    embeddings depend on the text-encoder weights, so `sync(patch)` empties the cache whenever
+    the model carries a different patch (any `LoRAPatcher.set` that re-patched, or a restore).
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, Conditioning] = OrderedDict()
+        self._patch: object = None
+
+    def sync(self, patch: object) -> None:
+        if patch is not self._patch:
+            self._items.clear()
+            self._patch = patch
+
+    def encode(
+        self, pipe: Any, prompt: str, negative: str | None, guided: bool, width: int, height: int
+    ) -> Conditioning:
+        key = (prompt, negative, guided, width, height)
+        hit = self._items.get(key)
+        if hit is None:
+            hit = encode_prompt(pipe, prompt, negative, guided, width, height)
+            self._items[key] = hit
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return hit

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from loraworks.generation.conditioning import encode_prompt
+from loraworks.generation.conditioning import ConditioningCache, encode_prompt
 from loraworks.generation.denoise import DenoiseJob, StepCallback, decode, denoise
 from loraworks.generation.schedulers import build_scheduler
 
@@ -38,9 +38,16 @@ class Rendered:
     warnings: list[str]
 
 
-def render(pipe: Any, s: RenderSettings, on_step: StepCallback | None = None) -> Rendered:
+def render(
+    pipe: Any,
+    s: RenderSettings,
+    on_step: StepCallback | None = None,
+    conds: ConditioningCache | None = None,
+) -> Rendered:
+    """`conds`: the loaded model's cache of encoded prompts (None: encode afresh)."""
     guided = s.cfg > 1.0
-    cond = encode_prompt(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height)
+    encode = conds.encode if conds is not None else encode_prompt
+    cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height)
     warnings = [f"prompt too long for CLIP (77 tokens); ignored: {t!r}" for t in cond.truncated]
     init = Image.open(s.init_image) if s.init_image is not None else None
     job = DenoiseJob(

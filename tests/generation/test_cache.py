@@ -95,3 +95,30 @@ def test_concurrent_generations_with_different_loras_do_not_mix(mm):
     for i in range(2):
         assert np.array_equal(np.asarray(Image.open(results[i].images[0])), alone[i])
     assert alone[0].shape == (SIZE, SIZE, 3)
+
+
+def test_a_prompt_is_encoded_once_per_patch_and_again_when_the_loras_change(mm):
+    """The truth is a fresh `encode_prompt` on the model as patched at that moment."""
+    from loraworks.generation.cache import cache_for
+    from loraworks.generation.conditioning import encode_prompt
+
+    loaded = cache_for(mm).model(mm.get("tiny-sd1", type="main"))
+    prompt = "a blue square seen once"
+    calls: list[int] = []
+    hook = loaded.pipe.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        generate(tiny_request("sd1", prompt=prompt, cfg=3.0, batch_size=3), manager=mm)
+        assert len(calls) == 2  # prompt and negative, once for three images
+        plain = loaded.conds.encode(loaded.pipe, prompt, None, True, SIZE, SIZE).embeds
+        generate(tiny_request("sd1", prompt=prompt, cfg=3.0, seed=11, steps=3), manager=mm)
+        assert len(calls) == 2  # same prompt, same patch: nothing encoded
+        lora = [{"name": "sd1-a", "weight": 1.0}]  # patches the text encoder too
+        generate(tiny_request("sd1", prompt=prompt, cfg=3.0, loras=lora), manager=mm)
+        assert len(calls) == 4
+        patched = loaded.conds.encode(loaded.pipe, prompt, None, True, SIZE, SIZE).embeds
+        assert len(calls) == 4
+        truth = encode_prompt(loaded.pipe, prompt, None, True, SIZE, SIZE).embeds
+        assert torch.equal(patched, truth)
+        assert not torch.allclose(patched, plain)
+    finally:
+        hook.remove()
