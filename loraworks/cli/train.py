@@ -101,6 +101,7 @@ def lcm_lora(
     w_min: float = typer.Option(3.0, help="smallest teacher guidance scale"),
     w_max: float = typer.Option(7.0, help="largest teacher guidance scale"),
     images: int = typer.Option(2000, help="pictures whose latents are distilled on"),
+    offset_noise: float = typer.Option(0.0, help="as the base model was trained with"),
     seed: int = typer.Option(0),
 ) -> None:
     """Distil the LCM-LoRA `demo-lcm` from the base model; resumes from `out`."""
@@ -117,6 +118,7 @@ def lcm_lora(
         w_min=w_min,
         w_max=w_max,
         images=images,
+        offset_noise=offset_noise,
         seed=seed,
     )
     typer.echo(f"LCM-LoRA: {train_lcm(cfg)}")

@@ -31,6 +31,7 @@ from loraworks.demo.training import (
     set_lr,
     setup_torch,
     tokenize,
+    training_noise,
 )
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -50,6 +51,7 @@ class LCMTrainConfig:
     ddim_steps: int = 50
     huber_c: float = 0.001
     images: int = 2000
+    offset_noise: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
     name: str = "demo-lcm"
@@ -96,7 +98,7 @@ def consistency_loss(
     b = len(latents)
     t = solver.timesteps[torch.randint(len(solver.timesteps), (b,), generator=g)]
     t_prev = solver.previous(t)
-    noise = torch.randn(latents.shape, generator=g)
+    noise = training_noise(latents.shape, g, cfg.offset_noise)
     a = solver.alphas_cumprod[t].view(-1, 1, 1, 1)
     x = a.sqrt() * latents + (1 - a).sqrt() * noise
     w = (torch.rand(b, generator=g) * (cfg.w_max - cfg.w_min) + cfg.w_min).view(-1, 1, 1, 1)

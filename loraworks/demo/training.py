@@ -115,6 +115,17 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     return latents * vae.config.scaling_factor
 
 
+def training_noise(shape: torch.Size, g: torch.Generator, offset_noise: float) -> torch.Tensor:
+    """Gaussian noise plus, with `offset_noise`, a random per-channel constant: without it the
+    last timesteps still leak the picture's mean (SD's schedule never reaches pure noise), a
+    model learns to read the background from it, and at sampling time, which starts from pure
+    noise, draws a background the noise suggests instead of the one asked for."""
+    noise = torch.randn(shape, generator=g)
+    if offset_noise:
+        noise = noise + offset_noise * torch.randn(*shape[:2], 1, 1, generator=g)
+    return noise
+
+
 def epsilon_loss(
     unet,
     latents: torch.Tensor,
@@ -123,16 +134,9 @@ def epsilon_loss(
     g,
     offset_noise: float = 0.0,
 ) -> torch.Tensor:
-    """SD's training objective: predict the added noise at a random timestep, min-SNR weighted.
-
-    `offset_noise` adds a random per-channel constant to the noise. Without it, the last
-    timesteps still leak the picture's mean (SD's schedule never reaches pure noise), the
-    model learns to read the background from it, and at sampling time, which starts from pure
-    noise, draws a background the noise suggests instead of the one asked for.
-    """
-    noise = torch.randn(latents.shape, generator=g)
-    if offset_noise:
-        noise = noise + offset_noise * torch.randn(*latents.shape[:2], 1, 1, generator=g)
+    """SD's training objective: predict the added noise at a random timestep, min-SNR weighted
+    (`offset_noise`: see `training_noise`)."""
+    noise = training_noise(latents.shape, g, offset_noise)
     acp = scheduler.alphas_cumprod
     t = torch.randint(0, len(acp), (len(latents),), generator=g)
     noisy = scheduler.add_noise(latents, noise, t)
