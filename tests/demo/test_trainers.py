@@ -83,6 +83,28 @@ def test_lora_trainer_writes_kohya_file_with_trigger(tmp_path, base_folder):
     )
 
 
+def test_lora_trainer_locon_adds_resnet_layers_and_stays_a_concept_lora(tmp_path, base_folder):
+    cfg = LoRATrainConfig(
+        base=base_folder,
+        out=tmp_path,
+        steps=1,
+        rank=4,
+        alpha=2,
+        batch=2,
+        stars=4,
+        unet_layers="all",
+    )
+    path = train_lora(cfg)
+    keys, meta = _keys(path)
+    assert "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight" in keys
+    assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2.alpha" in keys
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": 4, "conv_alpha": 2.0}
+    found = probe(path)
+    assert (found.type, found.base, found.is_lcm) == ("lora", "sd1", False)
+    with pytest.raises(ValueError, match="unet_layers"):
+        LoRATrainConfig(base=base_folder, out=tmp_path, unet_layers="convs")
+
+
 def test_lcm_trainer_writes_a_unet_only_lora_folder(tmp_path, base_folder):
     cfg = LCMTrainConfig(base=base_folder, out=tmp_path, steps=2, rank=4, batch=2, images=8)
     folder = train_lcm(cfg)
