@@ -1,4 +1,4 @@
-"""LoRA apply/restore speed: loraworks vs diffusers (and InvokeAI when importable).
+r"""LoRA apply/restore speed: loraworks vs diffusers and InvokeAI (when importable).
 
 Not a test. On the full-size SD1.5 UNet + CLIP-L text encoder (random weights, built offline by
 tests/fixtures/models.py), three kohya-format LoRA files are written to a temporary folder:
@@ -12,11 +12,23 @@ For each file, in the same process and on the same pipeline, alternating per rep
 * loraworks: ``load_lora(file)`` + ``LoRAPatcher.set`` (load+apply), ``restore()``;
   also apply alone with the LoRA already loaded (what the generation cache does);
 * diffusers: ``load_lora_weights`` + ``fuse_lora`` (load+apply), ``unfuse_lora`` +
-  ``unload_lora_weights`` (restore).
+  ``unload_lora_weights`` (restore);
+* InvokeAI (``--invokeai-path``, never a dependency of this project): its SD1 LoRA loader
+  (``safetensors.torch.load_file`` + ``lora_model_from_sd_state_dict``, load) and its direct
+  patcher (``LayerPatcher.apply_smart_model_patches(..., force_direct_patching=True)`` on the
+  UNet with prefix ``lora_unet_`` and the text encoder with ``lora_te_``, apply), leaving its
+  context managers (restore). Without ``force_direct_patching`` it picks sidecar wrappers for
+  modules on the CPU.
 
 Medians over ``--repeats``; extra memory while patched (CPU: RSS delta; CUDA: allocated delta).
 
     .venv/bin/python bench/lora_apply.py --device cpu --size full --repeats 3 --write-docs
+    .venv/bin/python bench/lora_apply.py --device cpu --size full --repeats 5 \
+        --threads 1 --invokeai-path /work/invokeai-pkg /work/invokeai-stubs --write-docs
+
+``--invokeai-path`` folders go on ``sys.path`` only when InvokeAI is imported, after the pipeline
+is built, so stub modules there (empty torchvision/cv2/onnx/onnxruntime that InvokeAI imports but
+never calls on this path) cannot change what transformers and diffusers decided was installed.
 """
 
 from __future__ import annotations
@@ -29,11 +41,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import psutil
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,37 +184,114 @@ def _pack(extra: int, **spans: tuple[float, float]) -> dict:
     return out
 
 
-def bench_invokeai(pipe, path: Path, t: Timer, device: str) -> dict | None:
-    try:  # InvokeAI's direct patcher (not installed in this project's environment)
-        from invokeai.backend.patches.layer_patcher import LayerPatcher  # type: ignore  # noqa: F401
-    except Exception:
-        return None
-    return None
+InvokeAI = tuple[Callable, Callable]  # (LayerPatcher, lora_model_from_sd_state_dict)
 
 
-def check_agreement(pipe, path: Path) -> float:
-    """max |loraworks − diffusers| over the patched UNet weights (sanity, not timing)."""
+def import_invokeai(paths: list[str]) -> tuple[InvokeAI | None, str]:
+    """InvokeAI's patcher and SD loader, imported lazily: it is never this project's dependency."""
+    from transformers.utils import is_torchvision_available
+
+    is_torchvision_available()  # cached now, so a torchvision stub in `paths` cannot change it
+    sys.path[:0] = paths
+    try:
+        from invokeai.backend.patches.layer_patcher import LayerPatcher  # type: ignore
+        from invokeai.backend.patches.lora_conversions.sd_lora_conversion_utils import (  # type: ignore
+            lora_model_from_sd_state_dict,
+        )
+        from invokeai.version import __version__  # type: ignore
+    except Exception as e:  # any import-time failure just means "not measured"
+        return None, f"not importable ({type(e).__name__}: {e})"
+    return (LayerPatcher, lora_model_from_sd_state_dict), __version__
+
+
+def _invokeai_apply(pipe, patch, inv: InvokeAI) -> ExitStack:
+    """InvokeAI's direct patcher on the UNet and the text encoder, with its own prefixes.
+
+    InvokeAI 6.14 pins transformers 5.5, whose CLIPTextModel has a ``text_model`` level; from
+    5.16 on it has none, so that level goes into the prefix here (else it finds no TE module).
+    """
+    stack = ExitStack()
+    te_prefix = "lora_te_" + ("" if hasattr(pipe.text_encoder, "text_model") else "text_model_")
+    for comp, prefix in (("unet", "lora_unet_"), ("text_encoder", te_prefix)):
+        model = getattr(pipe, comp)
+        stack.enter_context(
+            inv[0].apply_smart_model_patches(
+                model=model,
+                patches=[(patch, 1.0)],
+                prefix=prefix,
+                dtype=model.dtype,
+                force_direct_patching=True,
+            )
+        )
+    return stack
+
+
+def bench_invokeai(pipe, path: Path, t: Timer, device: str, inv: InvokeAI) -> dict:
+    """InvokeAI's path: its SD1 loader, its direct patcher, restore on leaving its contexts."""
+    gc.collect()
+    m0 = mem(device)
+    a = t.now()
+    patch = inv[1](load_file(str(path), device="cpu"))
+    b = t.now()
+    stack = _invokeai_apply(pipe, patch, inv)
+    c = t.now()
+    extra = mem(device) - m0
+    stack.close()
+    d = t.now()
+    return _pack(load=_d(a, b), apply=_d(b, c), restore=_d(c, d), extra=extra)
+
+
+def _weights(pipe) -> Iterator[tuple[str, torch.Tensor]]:
+    """The UNet's and text encoder's weights by name."""
+    for comp in ("unet", "text_encoder"):
+        for n, p in getattr(pipe, comp).named_parameters():
+            yield f"{comp}.{n}", p.detach()
+
+
+def _max_delta(ours: dict[str, torch.Tensor], pipe) -> float:
+    """max |ours − pipe| over the weights both name (PEFT's ``base_layer`` level dropped)."""
+    worst = 0.0
+    for n, p in _weights(pipe):
+        n = n.replace(".base_layer", "")
+        if n in ours and "lora_" not in n:
+            worst = max(worst, (ours[n].float() - p.float()).abs().max().item())
+    return worst
+
+
+def check_agreement(pipe, path: Path, inv: InvokeAI | None) -> tuple[float, float | None]:
+    """max |loraworks − diffusers| and |loraworks − InvokeAI| over UNet + text-encoder weights."""
     lora = load_lora(path)
     with torch.no_grad():
         patcher = LoRAPatcher(pipe)
         patcher.set([(lora, 1.0)])
-        ours = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+        ours = {n: p.clone() for n, p in _weights(pipe)}
         patcher.restore()
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="check")
         pipe.fuse_lora(lora_scale=1.0)
-        worst = 0.0
-        for n, p in pipe.unet.named_parameters():
-            n = n.replace(".base_layer", "")
-            if n in ours and "lora_" not in n:
-                worst = max(worst, (ours[n].float() - p.detach().float()).abs().max().item())
+        vs_df = _max_delta(ours, pipe)
         pipe.unfuse_lora()
         pipe.unload_lora_weights()
-    return worst
+        vs_inv = None
+        if inv is not None:
+            with _invokeai_apply(pipe, inv[1](load_file(str(path))), inv):
+                vs_inv = _max_delta(ours, pipe)
+    return vs_df, vs_inv
 
 
 def _total(r: dict, suffix: str = "") -> float:
     """load + apply + restore (the keys a run has)."""
     return sum(r.get(k + suffix, 0.0) for k in ("load", "apply", "restore"))
+
+
+def _ratio(r: dict, ref: str, of: str, suffix: str = "total") -> str:
+    """How many times faster ``of`` is than ``ref`` ("—" when ``ref`` was not run)."""
+    key = f"{ref}_{suffix}"
+    return f"{r[key] / r[f'{of}_{suffix}']:.1f}x" if key in r else "—"
+
+
+def _opt_s(r: dict, tag: str, key: str) -> str:
+    """Seconds of a run that may be missing (InvokeAI not importable)."""
+    return fmt_s(r[f"{tag}_{key}"]) if f"{tag}_{key}" in r else "—"
 
 
 def fmt_s(x: float) -> str:
@@ -220,6 +312,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="subset of: r16 r64 locon")
+    ap.add_argument(
+        "--invokeai-path",
+        nargs="*",
+        default=[],
+        help="folders to import InvokeAI from (its package; stubs for its import-time-only deps)",
+    )
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args()
     if args.threads:
@@ -232,6 +330,8 @@ def main() -> None:
     pipe = build_pipeline("sd1", tmp / "pipe", size=args.size)
     pipe.to(args.device, dtype)
     print(f"built {args.size} SD1.5 pipeline in {time.perf_counter() - t0:.0f}s", flush=True)
+    inv, inv_version = import_invokeai(args.invokeai_path)
+    print(f"InvokeAI: {inv_version}", flush=True)
 
     cases = [("r16", "attention", 16), ("r64", "attention", 64), ("locon", "all", 16)]
     if args.only:
@@ -248,41 +348,46 @@ def main() -> None:
             "locon": "LoCon r16, all",
         }[label]
         print(f"{desc}: {n} layers, file {path.stat().st_size / 2**20:.1f} MiB", flush=True)
-        agree = check_agreement(pipe, path)
-        ones, longs, theirs = [], [], []
+        agree, agree_inv = check_agreement(pipe, path, inv)
+        results: dict[str, list[dict]] = {"one": [], "long": [], "df": [], "inv": []}
         patcher = LoRAPatcher(pipe, keep_buffers=True)
+        runs = [
+            ("one", partial(bench_oneshot, pipe)),
+            ("long", partial(bench_longlived, patcher)),
+            ("df", partial(bench_diffusers, pipe)),
+        ]
+        if inv is not None:
+            runs.append(("inv", partial(bench_invokeai, pipe, inv=inv)))
         for rep in range(args.repeats):
-            runs = [
-                (ones, bench_oneshot, pipe),
-                (longs, bench_longlived, patcher),
-                (theirs, bench_diffusers, pipe),
-            ]
-            for out, fn, target in runs if rep % 2 == 0 else runs[::-1]:
-                out.append(fn(target, path, timer, args.device))
+            for tag, fn in runs if rep % 2 == 0 else runs[::-1]:
+                results[tag].append(fn(path, timer, args.device))
             print(
-                f"  repeat {rep}: loraworks one-shot {_total(ones[-1]):.3f}s, long-lived "
-                f"{_total(longs[-1]):.3f}s, diffusers {_total(theirs[-1]):.3f}s",
+                f"  repeat {rep}: "
+                + ", ".join(f"{tag} {_total(results[tag][-1]):.3f}s" for tag, _ in runs),
                 flush=True,
             )
         patcher.release_buffers()
 
-        def med(rs, key):
-            return statistics.median(r[key] for r in rs)
-
-        row = {"desc": desc, "layers": n, "patched": patched_bytes, "agree": agree}
-        for tag, rs in (("one", ones), ("long", longs), ("df", theirs)):
+        row = {"desc": desc, "layers": n, "patched": patched_bytes}
+        row |= {"agree": agree, "agree_inv": agree_inv}
+        for tag, rs in results.items():
+            if not rs:
+                continue
             for key in ("load", "apply", "restore", "switch", "extra"):
                 if key in rs[0]:
-                    row[f"{tag}_{key}"] = med(rs, key)
+                    row[f"{tag}_{key}"] = statistics.median(r[key] for r in rs)
             row[f"{tag}_total"] = statistics.median(_total(r) for r in rs)
             row[f"{tag}_cpu"] = statistics.median(_total(r, "_cpu") for r in rs)
         rows.append(row)
-        print(
-            f"  -> one-shot {row['df_total'] / row['one_total']:.1f}x, long-lived "
-            f"{row['df_total'] / row['long_total']:.1f}x faster (wall); CPU time "
-            f"{row['df_cpu'] / row['one_cpu']:.1f}x / {row['df_cpu'] / row['long_cpu']:.1f}x less",
-            flush=True,
-        )
+        for ref in ("df", "inv"):
+            if f"{ref}_total" in row:
+                print(
+                    f"  -> vs {ref}: one-shot {row[f'{ref}_total'] / row['one_total']:.1f}x, "
+                    f"long-lived {row[f'{ref}_total'] / row['long_total']:.1f}x faster (wall); "
+                    f"CPU time {row[f'{ref}_cpu'] / row['one_cpu']:.1f}x / "
+                    f"{row[f'{ref}_cpu'] / row['long_cpu']:.1f}x less",
+                    flush=True,
+                )
 
     device_desc = (
         torch.cuda.get_device_name()
@@ -294,20 +399,28 @@ def main() -> None:
     cmd = "python " + " ".join(["bench/lora_apply.py", *sys.argv[1:]])
     lines = [
         f"`{cmd}` — {args.size} SD1.5 UNet + CLIP-L, {dtype_name}, {args.device} ({device_desc}), "
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}; medians of {args.repeats} "
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, InvokeAI "
+        f"{inv_version if inv else 'not measured'}; medians of {args.repeats} "
         f"repeats, seconds. Load average during the run: {load_before:.1f} → "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         + (" (other jobs were running)." if load_before > 0.75 * (os.cpu_count() or 1) else "."),
         "",
         "| LoRA | layers | loraworks one-shot: load / apply / restore / **total** "
         "| loraworks long-lived: load+apply / restore / **total** | switch stacks "
-        "| diffusers: load+fuse / unfuse+unload / **total** | speed-up one-shot / long-lived "
-        "| CPU-s one-shot / long-lived / diffusers | CPU speed-up one-shot / long-lived "
-        "| extra MiB while patched (one-shot / diffusers / patched weights) "
-        "| max \\|Δ\\| vs diffusers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| diffusers: load+fuse / unfuse+unload / **total** "
+        "| InvokeAI direct: load / apply / restore / **total** "
+        "| speed-up vs diffusers one-shot / long-lived "
+        "| speed-up vs InvokeAI one-shot / long-lived "
+        "| CPU-s one-shot / long-lived / diffusers / InvokeAI "
+        "| CPU speed-up vs diffusers / vs InvokeAI (one-shot, long-lived) "
+        "| extra MiB while patched (one-shot / diffusers / InvokeAI / patched weights) "
+        "| max \\|Δ\\| vs diffusers / InvokeAI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        has_inv = "inv_total" in r
+        ratio = partial(_ratio, r)
+        inv_s = partial(_opt_s, r, "inv")
         lines.append(
             f"| {r['desc']} | {r['layers']} "
             f"| {fmt_s(r['one_load'])} / {fmt_s(r['one_apply'])} / {fmt_s(r['one_restore'])} / "
@@ -316,13 +429,20 @@ def main() -> None:
             f"**{fmt_s(r['long_total'])}** "
             f"| {fmt_s(r['long_switch'])} "
             f"| {fmt_s(r['df_apply'])} / {fmt_s(r['df_restore'])} / **{fmt_s(r['df_total'])}** "
-            f"| **{r['df_total'] / r['one_total']:.1f}x / {r['df_total'] / r['long_total']:.1f}x** "
-            f"| {fmt_s(r['one_cpu'])} / {fmt_s(r['long_cpu'])} / {fmt_s(r['df_cpu'])} "
-            f"| **{r['df_cpu'] / r['one_cpu']:.1f}x / {r['df_cpu'] / r['long_cpu']:.1f}x** "
-            f"| {fmt_mb(r['one_extra'])} / {fmt_mb(r['df_extra'])} / {fmt_mb(r['patched'])} "
-            f"| {r['agree']:.1e} |"
+            f"| {inv_s('load')} / {inv_s('apply')} / {inv_s('restore')} / **{inv_s('total')}** "
+            f"| **{ratio('df', 'one')} / {ratio('df', 'long')}** "
+            f"| **{ratio('inv', 'one')} / {ratio('inv', 'long')}** "
+            f"| {fmt_s(r['one_cpu'])} / {fmt_s(r['long_cpu'])} / {fmt_s(r['df_cpu'])} / "
+            f"{inv_s('cpu')} "
+            f"| **{ratio('df', 'one', 'cpu')}, {ratio('df', 'long', 'cpu')} / "
+            f"{ratio('inv', 'one', 'cpu')}, {ratio('inv', 'long', 'cpu')}** "
+            f"| {fmt_mb(r['one_extra'])} / {fmt_mb(r['df_extra'])} / "
+            f"{fmt_mb(r['inv_extra']) if has_inv else '—'} / {fmt_mb(r['patched'])} "
+            f"| {r['agree']:.1e} / "
+            f"{'—' if r['agree_inv'] is None else format(r['agree_inv'], '.1e')} |"
         )
-    lines += ["", "InvokeAI: not importable in this environment (not measured)."]
+    if inv is None:
+        lines += ["", f"InvokeAI: {inv_version} (not measured)."]
     table = "\n".join(lines)
     print("\n" + table)
     if args.write_docs:
@@ -370,6 +490,9 @@ and unwrapping.
   keep_buffers=True)` per loaded model, `load_lora` + `set`, `restore()`; from the second cycle
   on it writes into the tensors of its previous patch (it keeps the patched size in memory).
 * *switch stacks*: `set` from one stack to another on the same patcher (LoRAs loaded).
+* *InvokeAI direct* (`--invokeai-path`, never a dependency): its SD1 loader
+  (`lora_model_from_sd_state_dict`) and `LayerPatcher.apply_smart_model_patches(...,
+  force_direct_patching=True)` on the UNet and the text encoder; restore = leaving its contexts.
 
 Times are wall seconds (medians); the CPU-seconds columns (this process, all threads) are the
 fairer comparison when other jobs share the machine."""
