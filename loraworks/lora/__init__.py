@@ -16,8 +16,9 @@ from .errors import (
     LoRAFormatError,
     LoRAShapeError,
     LoRAUnmatchedKeys,
+    SafetensorsHeaderError,
 )
-from .load import load_lora, read_safetensors_header
+from .load import header_metadata, load_lora, read_safetensors_header
 from .model import LoRA
 from .patch import LoRAPatcher, PatchReport, apply_loras, model_base
 from .probe import probe_base
@@ -32,7 +33,9 @@ __all__ = [
     "LoRAShapeError",
     "LoRAUnmatchedKeys",
     "PatchReport",
+    "SafetensorsHeaderError",
     "apply_loras",
+    "header_metadata",
     "load_lora",
     "model_base",
     "probe_base",

@@ -11,6 +11,18 @@ class LoRAFormatError(LoRAError):
     """The file or state dict is not a LoRA we can read (unknown keys, bad header, bad tensors)."""
 
 
+class SafetensorsHeaderError(LoRAFormatError):
+    """A safetensors header refused before any tensor is read.
+
+    ``too_large``: its claimed length alone was the reason (the model manager reports that as an
+    unsafe file rather than a merely broken one).
+    """
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
 class LoRABaseMismatch(LoRAError):
     """A LoRA made for one base model (sd1/sd2/sdxl) was applied to another."""
 

@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 
-from .errors import LoRAFormatError
+from .errors import LoRAFormatError, SafetensorsHeaderError
 from .formats import Converted, diffusers, kohya, peft
 from .layers import Layer, layer_from_leaves
 from .model import LoRA
 from .probe import probe_base
 
-#: safetensors headers larger than this are refused before parsing (real LoRA headers are
-#: well under 1 MiB; a big kohya ``ss_tag_frequency`` stays far below this)
+#: safetensors headers larger than this are refused before parsing, for LoRAs and main models
+#: alike (real LoRA headers are well under 1 MiB; a big kohya ``ss_tag_frequency`` or a
+#: checkpoint's few thousand tensor entries stay far below this)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
 DIFFUSERS_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
@@ -27,48 +28,63 @@ _COMPONENT_DIRS = ("unet", "text_encoder", "text_encoder_2")
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """Return (header length, parsed header) after checking the length against the file."""
+    """Return (header length, parsed header) after checking the length against the file.
+
+    The one safetensors header reader (the model manager uses it too), so every file gets the
+    same cap and checks before anything parses it; raises `SafetensorsHeaderError`.
+    """
     path = Path(path)
     size = path.stat().st_size
+
+    def refuse(reason: str, too_large: bool = False) -> SafetensorsHeaderError:
+        return SafetensorsHeaderError(
+            f"{path.name}: not a valid safetensors file ({reason})", too_large
+        )
+
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise LoRAFormatError(f"{path.name}: not a safetensors file (only {size} bytes)")
+            raise SafetensorsHeaderError(f"{path.name}: not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES or n > size - 8:
-            raise LoRAFormatError(
-                f"{path.name}: safetensors header claims {n} bytes "
-                f"(file is {size} bytes, limit {MAX_HEADER_BYTES}); refusing to parse it"
+            raise refuse(
+                f"header of {n} bytes in a {size}-byte file: the header claims more than the "
+                f"file holds or the {MAX_HEADER_BYTES // 2**20} MiB limit allows; refusing to "
+                "parse it",
+                too_large=True,
             )
         raw = f.read(n)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
-        raise LoRAFormatError(f"{path.name}: safetensors header is not valid JSON ({e})") from None
+        raise refuse(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
-        raise LoRAFormatError(f"{path.name}: safetensors header is not a JSON object")
+        raise refuse("header is not a JSON object")
     data_len = size - 8 - n
     for key, info in header.items():
         if key == "__metadata__":
             if info is not None and not isinstance(info, dict):
-                raise LoRAFormatError(f"{path.name}: __metadata__ is not an object")
+                raise refuse("__metadata__ is not an object")
             continue
         try:
             start, end = (int(x) for x in info["data_offsets"])
             shape = [int(s) for s in info["shape"]]
             str(info["dtype"])
         except (KeyError, TypeError, ValueError):
-            raise LoRAFormatError(f"{path.name}: malformed entry for tensor {key!r}") from None
+            raise refuse(f"malformed entry for tensor {key!r}") from None
         if not (0 <= start <= end <= data_len) or any(s < 0 for s in shape):
-            raise LoRAFormatError(
-                f"{path.name}: tensor {key!r} lies outside the file (truncated or corrupt)"
-            )
+            raise refuse(f"tensor {key!r} lies outside the file (truncated or corrupt)")
     return n, header
+
+
+def header_metadata(header: dict[str, Any]) -> dict[str, str]:
+    """The ``__metadata__`` table of a parsed header, as the strings the format promises."""
+    return {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     _, header = read_safetensors_header(path)
-    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata = header_metadata(header)
     from safetensors.torch import load_file
 
     try:

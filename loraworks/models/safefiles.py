@@ -1,25 +1,23 @@
 """Reading weight files without running anyone's code.
 
-`.safetensors` headers are size-capped before they are parsed; pickle-based files
-(`.ckpt/.pt/.bin/.pth`) only go through `torch.load(weights_only=True)`, which refuses any
-object that is not plain tensors and containers.
+`.safetensors` headers are size-capped before they are parsed (by the engine's reader);
+pickle-based files (`.ckpt/.pt/.bin/.pth`) only go through `torch.load(weights_only=True)`,
+which refuses any object that is not plain tensors and containers.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from loraworks.lora import SafetensorsHeaderError, header_metadata, read_safetensors_header
 from loraworks.models.errors import ModelError, UnsafeFileError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass
@@ -39,33 +37,21 @@ class Header:
 
 
 def read_header(path: Path) -> Header:
-    """Parse a safetensors header without loading tensors; refuse anything malformed."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) != 8:
-            raise ModelError(f"{path.name}: not a safetensors file (shorter than 8 bytes)")
-        (length,) = struct.unpack("<Q", raw_len)
-        if length > MAX_HEADER_BYTES or length > size - 8:
-            raise UnsafeFileError(
-                f"{path.name}: not a valid safetensors file (header of {length} bytes "
-                f"in a {size}-byte file)"
-            )
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{path.name}: not a valid safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise ModelError(f"{path.name}: not a valid safetensors file (header is not a table)")
-    raw_meta = header.pop("__metadata__", None) or {}
+    """Parse a safetensors header without loading tensors; refuse anything malformed.
+
+    The engine's reader does the checks (one cap, one set of rules for LoRAs and models); its
+    refusal becomes a `ModelError` here, an `UnsafeFileError` for an absurd header length.
+    """
     try:
-        tensors = {
-            k: TensorInfo(shape=tuple(v["shape"]), dtype=v["dtype"]) for k, v in header.items()
-        }
-    except (TypeError, KeyError) as exc:
-        raise ModelError(f"{path.name}: not a valid safetensors file ({exc})") from None
-    metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
-    return Header(tensors=tensors, metadata=metadata)
+        _, header = read_safetensors_header(path)
+    except SafetensorsHeaderError as exc:
+        raise (UnsafeFileError if exc.too_large else ModelError)(str(exc)) from None
+    tensors = {
+        k: TensorInfo(shape=tuple(int(s) for s in v["shape"]), dtype=str(v["dtype"]))
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+    return Header(tensors=tensors, metadata=header_metadata(header))
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

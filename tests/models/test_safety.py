@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from loraworks.lora import LoRAFormatError, load_lora
 from loraworks.models import ModelError, ModelManager, UnsafeFileError
 from tests.models.lora_files import kohya_sd1_tensors, write
 
@@ -55,6 +56,20 @@ def test_oversized_header_refused_before_parsing(mm, tmp_path):
     huge.write_bytes(struct.pack("<Q", 10**12) + b"{}")
     with pytest.raises(ModelError, match="header of 1000000000000 bytes"):
         mm.install(huge)
+
+
+def test_one_header_cap_for_loras_and_models(mm, tmp_path):
+    """Headers over 64 MiB are refused by the manager and the engine alike, even when the file
+    is big enough to hold them (the manager used to allow 100 MiB and then parse it)."""
+    big = tmp_path / "big-header.safetensors"
+    with big.open("wb") as f:
+        f.write(struct.pack("<Q", 64 * 2**20 + 1))
+        f.truncate(65 * 2**20)  # sparse: the claimed header fits in the file
+    with pytest.raises(UnsafeFileError, match="64 MiB limit"):
+        mm.install(big)
+    with pytest.raises(LoRAFormatError, match="64 MiB limit"):
+        load_lora(big)
+    assert all(r.name != "big-header" for r in mm.list())
 
 
 _INSTALL = (
