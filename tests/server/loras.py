@@ -39,3 +39,18 @@ def write_kohya_lora(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def write_clip_l_lora(path: Path, seed: int = 0, rank: int = 2) -> Path:
+    """A kohya SDXL LoRA on the CLIP-L encoder only (``lora_te1_``), tagged SDXL in its
+    metadata: its record says sdxl, yet its tensors fit SD1's text encoder just as well."""
+    generator = torch.Generator().manual_seed(seed)
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    tensors = {
+        f"{name}.lora_down.weight": torch.randn(rank, 768, generator=generator) * 0.1,
+        f"{name}.lora_up.weight": torch.randn(768, rank, generator=generator) * 0.1,
+        f"{name}.alpha": torch.tensor(float(rank)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    return path

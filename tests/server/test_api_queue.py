@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from loraworks.server import create_app
+from tests.server.loras import write_clip_l_lora
 from tests.server.sse import read_events
 
 
@@ -140,6 +141,21 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client, fake_ge
     assert status == 403 and "under the models root" in message
     assert fake_generate.calls == []
     assert read_events(client, _enqueue(client)["id"])[-1]["event"] == "done"
+
+
+def test_bases_follow_the_engine_rule_not_the_record_base(client, manager, fake_generate, tmp_path):
+    """A CLIP-L-only LoRA recorded as sdxl fits an SD1 model (generation would apply it); a
+    UNet LoRA for SDXL does not, and the refusal names both bases and both models."""
+    record = manager.install(write_clip_l_lora(tmp_path / "clip-l.safetensors"))
+    assert (record.base, record.name) == ("sdxl", "clip-l")  # the record alone says "refuse"
+    item = _enqueue(client, loras=[{"name": "clip-l", "weight": 0.7}])
+    assert read_events(client, item["id"])[-1]["event"] == "done"
+    assert [spec.name for spec in fake_generate.calls[-1].loras] == ["clip-l"]
+    ok = {"model": "tiny-sd1", "prompt": "<lora:clip-l:1> a circle"}
+    assert client.post("/api/queue", json=ok).status_code == 202
+    status, message = _refused(client, {**ok, "loras": [{"name": "xl-detail", "weight": 1}]})
+    assert status == 409
+    assert all(word in message for word in ("xl-detail", "tiny-sd1", "is for sdxl", "is sd1"))
 
 
 def test_settings_give_the_ui_its_defaults_and_the_lcm_preset(client):

@@ -9,9 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from loraworks.generation.api import _check_bases
+from loraworks.generation.cache import cache_for
+from loraworks.generation.presets import AppliedLoRA
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.request import GenerateRequest
-from loraworks.lora.errors import LoRABaseMismatch
+from loraworks.lora import LoRA
 from loraworks.models.errors import ModelError, ModelNotFound
 from loraworks.server.errors import ApiError
 from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
@@ -24,11 +27,17 @@ State = Annotated[ServerState, Depends(server_state)]
 def check_request(state: ServerState, request: GenerateRequest) -> None:
     """Refuse now what would fail later: unknown models, broken files, wrong-base LoRAs (also
     those named by `<lora:...>` prompt tags), and init images outside the root (the API must
-    not read arbitrary files)."""
+    not read arbitrary files).
+
+    Bases are judged by generation's own rule (the engine's `compatible_bases`, not the record's
+    single `base`: a CLIP-L-only LoRA fits SD1 and SDXL); the parsed LoRAs land in the model
+    cache the generation then reads them from.
+    """
     manager = state.manager
     main = manager.get(request.model, type="main")
     if main.status != "ok":
         raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
+    loras: list[tuple[AppliedLoRA, LoRA]] = []
     for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
         try:
             lora = manager.get(spec.name, type="lora")
@@ -38,8 +47,9 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
             lora = manager.get(spec.name, type="lora", base=main.base)
         if lora.status != "ok":
             raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
-        if lora.base != main.base:
-            raise LoRABaseMismatch(lora.base or "unknown", main.base or "unknown", lora.name)
+        weight = 1.0 if spec.weight is None else spec.weight  # not used by the base check
+        loras.append((AppliedLoRA(lora, weight), cache_for(manager).lora(lora)))
+    _check_bases(main, loras)
     if request.init_image is not None:
         root = manager.root.resolve()
         if not Path(request.init_image).resolve().is_relative_to(root):
