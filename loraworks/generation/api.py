@@ -16,7 +16,7 @@ from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
 from loraworks.generation.errors import BaseMismatch, GenerationError
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
-from loraworks.generation.presets import AppliedLoRA, Resolved, StackEntry, resolve
+from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
 from loraworks.generation.render import render
@@ -78,10 +78,13 @@ def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]
     return weight.as_dict() if isinstance(weight, ComponentWeights) else weight
 
 
-def _check_bases(main: ModelRecord, loras: list[tuple[AppliedLoRA, LoRA]]) -> None:
-    for applied, lora in loras:
+def check_bases(main: ModelRecord, loras: list[tuple[ModelRecord, LoRA]]) -> None:
+    """The one base rule (generation and the server's queue check): a LoRA fits when the
+    engine's `compatible_bases` holds the main model's base — a CLIP-L-only LoRA fits SD1 and
+    SDXL, whatever single base its record names."""
+    for record, lora in loras:
         if main.base not in lora.compatible_bases:
-            raise BaseMismatch(applied.record.name, lora.base, main.name, str(main.base))
+            raise BaseMismatch(record.name, lora.base, main.name, str(main.base))
 
 
 def _run(
@@ -132,7 +135,7 @@ def generate(
     resolved = resolve(request, parsed.text, main, stack, mm.config)
     cache = cache_for(mm)
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
-    _check_bases(main, loras)
+    check_bases(main, [(applied.record, lora) for applied, lora in loras])
     loaded = cache.model(main)
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:

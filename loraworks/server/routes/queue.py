@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from loraworks.generation.api import _check_bases
+from loraworks.generation.api import check_bases
 from loraworks.generation.cache import cache_for
-from loraworks.generation.presets import AppliedLoRA
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.request import GenerateRequest
 from loraworks.lora import LoRA
 from loraworks.models.errors import ModelError, ModelNotFound
+from loraworks.models.records import ModelRecord
 from loraworks.server.errors import ApiError
 from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
 from loraworks.server.state import ServerState, server_state
@@ -37,7 +37,7 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
     main = manager.get(request.model, type="main")
     if main.status != "ok":
         raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
-    loras: list[tuple[AppliedLoRA, LoRA]] = []
+    loras: list[tuple[ModelRecord, LoRA]] = []
     for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
         try:
             lora = manager.get(spec.name, type="lora")
@@ -47,9 +47,8 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
             lora = manager.get(spec.name, type="lora", base=main.base)
         if lora.status != "ok":
             raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
-        weight = 1.0 if spec.weight is None else spec.weight  # not used by the base check
-        loras.append((AppliedLoRA(lora, weight), cache_for(manager).lora(lora)))
-    _check_bases(main, loras)
+        loras.append((lora, cache_for(manager).lora(lora)))
+    check_bases(main, loras)
     if request.init_image is not None:
         root = manager.root.resolve()
         if not Path(request.init_image).resolve().is_relative_to(root):
