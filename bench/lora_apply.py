@@ -142,7 +142,7 @@ def bench_oneshot(pipe, path: Path, t: Timer, device: str) -> dict:
 
 
 def bench_longlived(patcher: LoRAPatcher, path: Path, t: Timer, device: str) -> dict:
-    """The generation cache's path: one ``LoRAPatcher(pipe, keep_buffers=True)`` per model."""
+    """A patcher kept for the model (``keep_buffers=True``): load+apply, restore, re-apply."""
     gc.collect()
     a = t.now()
     lora = load_lora(path)
@@ -486,9 +486,11 @@ and unwrapping.
 * *one-shot*: `load_lora` + `with apply_loras(...)`, a new patcher each time. Its apply pays for
   fresh memory for the patched weights (page faults); extra memory while patched is by design
   the size of the patched weights (the originals are the backup).
-* *long-lived*: what the generation model cache does — one `LoRAPatcher(pipe,
-  keep_buffers=True)` per loaded model, `load_lora` + `set`, `restore()`; from the second cycle
-  on it writes into the tensors of its previous patch (it keeps the patched size in memory).
+* *long-lived*: one `LoRAPatcher(pipe, keep_buffers=True)` kept for the model, `load_lora` +
+  `set`, `restore()`; from the second cycle on it writes into the tensors of its previous patch
+  (it keeps the patched size in memory). The generation cache also keeps one patcher per
+  loaded model; there a new stack goes straight from the old one with `set`, which reuses those
+  tensors without `keep_buffers` (the "switch stacks" column).
 * *switch stacks*: `set` from one stack to another on the same patcher (LoRAs loaded).
 * *InvokeAI direct* (`--invokeai-path`, never a dependency): its SD1 loader
   (`lora_model_from_sd_state_dict`) and `LayerPatcher.apply_smart_model_patches(...,
