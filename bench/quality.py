@@ -29,8 +29,10 @@ from loraworks.demo.run import (
 )
 from loraworks.models import ModelManager
 
-LCM_WEIGHTS = (0.2, 0.35, 0.5, 0.75, 1.0)
+LCM_WEIGHTS = (0.2, 0.35, 0.5, 0.6, 0.75, 1.0)
 STAR_WEIGHTS = (0.0, 0.3, 0.45, 0.6, 0.8, 1.0, 1.2)
+STACK_WEIGHTS = ((0.35, 0.45), (0.35, 1.0), (0.6, 0.8), (0.6, 1.0), (1.0, 1.0))
+"""(LCM-LoRA, demo-star) pairs; the first is the seed's recommendation."""
 
 
 def measure(mm, row: Row, seeds: list[int]) -> RowResult:
@@ -71,7 +73,7 @@ def main() -> None:
         report["lcm_speedup"] = ratio
         print(f"\nLCM-LoRA 4 steps CFG 1 vs base 25 steps CFG 5, end to end: {ratio:.1f}x faster")
         if not args.no_sweeps:
-            sweeps: dict[str, list] = {"lcm": [], "star": []}
+            sweeps: dict[str, list] = {"lcm": [], "star": [], "stack": []}
             print("\n| LCM-LoRA weight (4 steps, CFG 1) | images | all right |")
             print("|---|---|---|")
             for w in LCM_WEIGHTS:
@@ -100,6 +102,17 @@ def main() -> None:
                     f"| {w} | {r.score.n} | {r.score.shape_and_colour:.1%} | {r.score.right:.1%} |",
                     flush=True,
                 )
+            print("\n| LCM-LoRA + demo-star weights (4 steps, CFG 1) | images | all right |")
+            print("|---|---|---|")
+            for lcm_w, star_w in STACK_WEIGHTS:
+                r = run_row(
+                    mm,
+                    replace(demo_rows[4], loras=((LCM_NAME, lcm_w), (STAR_NAME, star_w))),
+                    row_labels(demo_rows[4]),
+                    sweep_seeds,
+                )
+                sweeps["stack"].append({"weights": [lcm_w, star_w], "score": asdict(r.score)})
+                print(f"| {lcm_w} + {star_w} | {r.score.n} | {r.score.right:.1%} |", flush=True)
             report["sweeps"] = sweeps
         mm.close()
     if args.json is not None:
