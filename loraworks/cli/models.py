@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from loraworks.models import ModelRecord
 
 models_app = typer.Typer(no_args_is_help=True, help="Installed models and the autoimport folders.")
 out = Console()
@@ -112,6 +115,12 @@ def _status(record) -> str:
     return f"{record.status}: {record.error}" if record.error else record.status
 
 
+def _base(record: ModelRecord) -> str:
+    """The probed base, plus the others it fits: `--base sd1` lists a CLIP-L-only SDXL LoRA."""
+    others = [b for b in record.compatible_bases if b != record.base]
+    return (record.base or "?") + (f" (+{', '.join(others)})" if others else "")
+
+
 @models_app.command("list")
 def list_models(
     type: TypeChoice | None = typer.Option(None, "--type", help="model type"),
@@ -142,7 +151,7 @@ def list_models(
             table.add_row(
                 r.name,
                 r.type,
-                r.base or "?",
+                _base(r),
                 r.format,
                 "yes" if r.is_lcm else "",
                 "" if r.default_weight is None else f"{r.default_weight:g}",

@@ -62,6 +62,14 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     );
     """,
+    # 2: every base a model fits. Main models and VAEs fit their own; LoRA rows stay NULL
+    # until the manager re-probes their files on open (a CLIP-L-only LoRA fits sd1 and sdxl).
+    """
+    ALTER TABLE models ADD COLUMN compatible_bases TEXT;
+    UPDATE models SET compatible_bases = '["' || base || '"]'
+        WHERE type != 'lora' AND base IS NOT NULL;
+    UPDATE models SET compatible_bases = '[]' WHERE base IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,6 +146,18 @@ class Database:
                 "SELECT name FROM models WHERE type = ? AND base IS ?", (type_, base)
             ).fetchall()
         return {r[0] for r in rows}
+
+    def unprobed_loras(self) -> list[StoredModel]:
+        """LoRA rows from before migration 2, whose compatible bases are not yet known."""
+        return self.models("WHERE type = 'lora' AND compatible_bases IS NULL")
+
+    def set_compatible_bases(self, key: str, bases: list[str]) -> None:
+        """Fill one migrated row; a row another process filled (or rescanned) is left alone."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE models SET compatible_bases = ? WHERE key = ? AND compatible_bases IS NULL",
+                (json.dumps(bases), key),
+            )
 
     def upsert(self, c: sqlite3.Connection, stored: StoredModel) -> None:
         """Insert or replace inside the caller's transaction."""

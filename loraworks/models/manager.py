@@ -68,6 +68,7 @@ class ModelManager:
             raise ModelError(f"{paths.config}: invalid configuration ({exc})") from None
         mm = cls(paths, config, Database(paths.database))
         mm._clean_interrupted_installs()
+        mm._fill_compatible_bases()
         if scan:
             mm.last_scan = mm.scan()
         return mm
@@ -87,17 +88,22 @@ class ModelManager:
         base: BaseName | None = None,
         status: str | None = None,
     ) -> list[ModelRecord]:
+        """Records of `type` and `status` that fit a main model of `base` (a CLIP-L-only LoRA
+        probed as sdxl is listed for sd1 too)."""
         clauses, params = [], []
-        for column, value in (("type", type), ("base", base), ("status", status)):
+        for column, value in (("type", type), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return [m.public() for m in self.db.models(where, tuple(params))]
+        stored = self.db.models(where, tuple(params))
+        return [m.public() for m in stored if base is None or m.fits(base)]
 
     def get(
         self, name_or_key: str, type: ModelType | None = None, base: BaseName | None = None
     ) -> ModelRecord:
+        """One record by key or name; `base` keeps models that fit it and, when a name is
+        taken for several bases, prefers the one probed as `base`."""
         return self._stored(name_or_key, type, base).public()
 
     def _stored(
@@ -106,12 +112,14 @@ class ModelManager:
         pool = [
             m
             for m in self.db.models()
-            if (type is None or m.type == type) and (base is None or m.base == base)
+            if (type is None or m.type == type) and (base is None or m.fits(base))
         ]
         by_key = [m for m in pool if m.key == name_or_key]
         if by_key:
             return by_key[0]
         matches = [m for m in pool if m.name.casefold() == name_or_key.casefold()]
+        if len(matches) > 1 and base is not None:
+            matches = [m for m in matches if m.base == base] or matches
         if len(matches) == 1:
             return matches[0]
         what = type or "model"
@@ -225,6 +233,24 @@ class ModelManager:
                 discard(self.paths.models, key)
                 raise
         return stored.public()
+
+    def _fill_compatible_bases(self) -> None:
+        """Finish migration 2 once: re-probe LoRAs recorded before records held every base
+        they fit. A file that is gone, changed or unreadable keeps its own base; the next
+        probe of it (a rescan) records the full set."""
+        rows = self.db.unprobed_loras()
+        if rows:
+            log.info("reading the compatible bases of %d LoRA(s) recorded earlier", len(rows))
+        for stored in rows:
+            bases = stored.compatible_bases  # the record's own base (see StoredModel.from_row)
+            if stored.status == "ok":
+                try:
+                    found = probe(stored.path, expect="lora")
+                except (ModelError, OSError):
+                    found = None
+                if found is not None and found.hash == stored.hash:
+                    bases = found.compatible_bases
+            self.db.set_compatible_bases(stored.key, bases)
 
     def _clean_interrupted_installs(self) -> None:
         with install_lock(self.paths.install_lock, exclusive=True, wait=False) as held:

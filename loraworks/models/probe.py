@@ -54,6 +54,12 @@ class Probe:
     weights: Path  # the file (or folder) whose content the hash covers
     is_lcm: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: main-model bases the tensors fit; a LoRA's come from the engine, others fit their own
+    compatible_bases: list[BaseName] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.compatible_bases:
+            self.compatible_bases = [self.base]
 
 
 def is_lora_folder(path: Path) -> bool:
@@ -189,6 +195,7 @@ def _lora_probe(
     return Probe(
         type="lora",
         base=parsed.base,
+        compatible_bases=sorted(parsed.compatible_bases),
         format=container or parsed.format,
         hash=content_hash(source),
         weights=weights,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 ModelType = Literal["main", "lora", "vae"]
 BaseName = Literal["sd1", "sd2", "sdxl"]
@@ -23,6 +23,9 @@ class ModelRecord(BaseModel):
     name: str
     type: ModelType
     base: BaseName | None  # None only for records in `error` whose base could not be read
+    #: every main-model base the tensors fit (the engine's rule: a CLIP-L-only LoRA fits sd1
+    #: and sdxl); `[base]` when not given, `[]` when the base is unknown
+    compatible_bases: list[BaseName] = []
     format: str
     path: Path
     in_place: bool
@@ -39,6 +42,17 @@ class ModelRecord(BaseModel):
     error: str | None = None
     created_at: str
     updated_at: str
+
+    @model_validator(mode="after")
+    def _default_compatible_bases(self) -> ModelRecord:
+        """A record's own base always fits it; main models and VAEs fit only that."""
+        if not self.compatible_bases and self.base is not None:
+            self.compatible_bases = [self.base]
+        return self
+
+    def fits(self, base: BaseName) -> bool:
+        """Whether this model can be used with a main model of `base` (the list/get filter)."""
+        return base in self.compatible_bases
 
 
 class ImageRecord(BaseModel):

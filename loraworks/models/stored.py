@@ -16,7 +16,7 @@ from loraworks.models.metadata import CardFacts
 from loraworks.models.probe import Probe
 from loraworks.models.records import EDITABLE_FIELDS, ModelRecord
 
-_JSON_COLUMNS = ("trigger_words", "metadata", "user_edits")
+_JSON_COLUMNS = ("trigger_words", "compatible_bases", "metadata", "user_edits")
 
 
 def now() -> str:
@@ -32,8 +32,11 @@ class StoredModel(ModelRecord):
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredModel:
         data = dict(row)
+        if data["compatible_bases"] is None:  # a LoRA row migrated but not yet re-probed
+            del data["compatible_bases"]  # its own base until the manager re-probes it
         for col in _JSON_COLUMNS:
-            data[col] = json.loads(data[col])
+            if col in data:
+                data[col] = json.loads(data[col])
         data["in_place"] = bool(data["in_place"])
         data["is_lcm"] = bool(data["is_lcm"])
         return cls.model_validate(data)
@@ -69,6 +72,7 @@ class StoredModel(ModelRecord):
             name=name,
             type=found.type,
             base=found.base,
+            compatible_bases=found.compatible_bases,
             format=found.format,
             path=path,
             in_place=in_place,
@@ -94,6 +98,7 @@ class StoredModel(ModelRecord):
             "name": name,
             "type": found.type,
             "base": found.base,
+            "compatible_bases": found.compatible_bases,
             "format": found.format,
             "path": path,
             "source": str(path),

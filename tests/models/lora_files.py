@@ -50,6 +50,11 @@ def kohya_sdxl_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+def kohya_clip_l_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    """SDXL kohya naming on CLIP-L only (``lora_te1_``): the same encoder SD1 uses."""
+    return _pair("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768, 768, seed)
+
+
 def lcm_sd1_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     """Like `latent-consistency/lcm-lora-sdv1-5`: whole UNet, no text encoder, no metadata."""
     out: dict[str, torch.Tensor] = {}

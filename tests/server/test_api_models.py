@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from loraworks.server import create_app
-from tests.server.loras import write_kohya_lora
+from tests.server.loras import write_clip_l_lora, write_kohya_lora
 
 
 def _by_name(client, **params) -> dict[str, dict]:
@@ -159,3 +159,12 @@ def test_an_unexpected_failure_is_a_500_with_a_message_and_serving_goes_on(
         assert response.json() == {"error": "Internal error (RuntimeError); see the server log."}
         monkeypatch.undo()
         assert client.get("/api/models").status_code == 200
+
+
+def test_base_filter_lists_a_lora_for_every_base_its_tensors_fit(client, tmp_path):
+    source = write_clip_l_lora(tmp_path / "clip-l-only.safetensors")
+    record = client.post("/api/models/install", json={"source": str(source)}).json()
+    assert (record["base"], record["compatible_bases"]) == ("sdxl", ["sd1", "sdxl"])
+    assert set(_by_name(client, type="lora", base="sd1")) == {"ink", "glow", "clip-l-only"}
+    assert set(_by_name(client, type="lora", base="sdxl")) == {"xl-detail", "clip-l-only"}
+    assert _by_name(client, type="main")["tiny-sd1"]["compatible_bases"] == ["sd1"]

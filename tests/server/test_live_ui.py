@@ -20,7 +20,7 @@ from loraworks.models import ModelManager
 from loraworks.server import create_app
 from loraworks.server.client import ServerError, submit_and_wait
 from tests.server.conftest import LiveServer, live_server
-from tests.server.loras import write_kohya_lora
+from tests.server.loras import write_clip_l_lora, write_kohya_lora
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -42,6 +42,7 @@ def live(tmp_path_factory, sd1_folder, lora_sources) -> Iterator[LiveServer]:
     manager.install(lora_sources["glow"])
     manager.install(lora_sources["xl"])
     manager.install(write_kohya_lora(lora_sources["ink"].parent / "lcm-tiny.safetensors", seed=4))
+    manager.install(write_clip_l_lora(lora_sources["ink"].parent / "clip-l-only.safetensors"))
     with live_server(create_app(manager, watch=True), manager) as server:
         yield server
     manager.close()
@@ -94,10 +95,13 @@ def _set_weight(page, name: str, value: str) -> None:
 @pytest.mark.browser
 def test_pick_two_loras_generate_and_see_the_recipe(live, page):
     cards = page.locator("[data-testid=lora-card]")
-    assert cards.count() == 4
+    assert cards.count() == 5
     xl = page.locator("[data-testid=lora-card][data-name='xl-detail']")
     assert "SDXL LoRA; the model is SD1" in xl.inner_text()
     assert xl.locator("[data-testid=add-lora]").is_disabled()
+    clip_l = page.locator("[data-testid=lora-card][data-name='clip-l-only']")  # probed as SDXL
+    assert "the model is" not in clip_l.inner_text()
+    assert clip_l.locator("[data-testid=add-lora]").is_enabled()
 
     page.locator("[data-testid=lora-search]").fill("ink")
     assert cards.count() == 1

@@ -57,6 +57,7 @@ function el(tag, attrs = {}, ...children) {
 
 const BASE_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
 const baseLabel = (base) => BASE_LABEL[base] || base || "unknown base";
+const fitsLabel = (m) => m.compatible_bases.map(baseLabel).join(", ") || "no known base";
 
 // --- models and settings ------------------------------------------------------------------
 
@@ -96,7 +97,8 @@ function incompatibility(lora) {
   const model = currentModel();
   if (lora.status !== "ok") return lora.error || `file is ${lora.status}`;
   if (!model) return "pick a main model first";
-  if (lora.base !== model.base) {
+  // compatible_bases: the engine's rule (a CLIP-L-only LoRA fits SD1 and SDXL)
+  if (!lora.compatible_bases.includes(model.base)) {
     return `${baseLabel(lora.base)} LoRA; the model is ${baseLabel(model.base)}`;
   }
   return null;
@@ -144,7 +146,7 @@ function renderCards() {
       el("div", { class: "body" },
         el("div", { class: "title" }, lora.name),
         el("div", { class: "badges" },
-          el("span", { class: "badge" }, baseLabel(lora.base)),
+          el("span", { class: "badge", title: "fits " + fitsLabel(lora) }, baseLabel(lora.base)),
           el("span", { class: "badge" }, lora.format),
           lora.is_lcm ? el("span", { class: "badge lcm", "data-testid": "lcm-badge" }, "LCM") : null,
           lora.status !== "ok" ? el("span", { class: "badge error" }, lora.status) : null),

@@ -1,0 +1,104 @@
+"""Records know every base a LoRA fits (the engine's `compatible_bases`), the base filter of
+`list`/`get` uses it, and a database written before the column existed is migrated on open."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraworks.models import ModelError, ModelManager
+from loraworks.models.database import SCHEMA_VERSION
+from tests.models.lora_files import (
+    kohya_clip_l_tensors,
+    kohya_sd1_tensors,
+    kohya_sdxl_tensors,
+    write,
+)
+
+SDXL_META = {"ss_base_model_version": "sdxl_base_v1-0"}
+LDM = "model.diffusion_model."
+
+
+def _sd1_checkpoint(path: Path) -> Path:
+    """What the probe reads of an SD1 single-file checkpoint: LDM keys, context width 768."""
+    return write(
+        path,
+        {
+            LDM + "input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
+            LDM + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(32, 768),
+        },
+    )
+
+
+def _install_three(mm: ModelManager, folder: Path) -> None:
+    """A CLIP-L-only LoRA tagged SDXL, an SDXL UNet-only LoRA and an SD1 LoRA."""
+    unet_xl = {k: v for k, v in kohya_sdxl_tensors().items() if k.startswith("lora_unet_")}
+    mm.install(write(folder / "clip-l.safetensors", kohya_clip_l_tensors(), SDXL_META))
+    mm.install(write(folder / "unet-xl.safetensors", unet_xl, SDXL_META))
+    mm.install(write(folder / "ink.safetensors", kohya_sd1_tensors()))
+
+
+def _lora_names(mm: ModelManager, base: str) -> set[str]:
+    return {r.name for r in mm.list(type="lora", base=base)}
+
+
+def _assert_listed_by_fit(mm: ModelManager, other_xl: frozenset[str] = frozenset()) -> None:
+    assert _lora_names(mm, "sd1") == {"clip-l", "ink"}
+    assert _lora_names(mm, "sdxl") == {"clip-l", "unet-xl", *other_xl}
+    assert _lora_names(mm, "sd2") == set()
+    clip_l = mm.get("clip-l", type="lora", base="sd1")
+    assert (clip_l.base, clip_l.compatible_bases) == ("sdxl", ["sd1", "sdxl"])
+    assert mm.get("unet-xl").compatible_bases == ["sdxl"]
+    with pytest.raises(ModelError, match="no lora named 'unet-xl'"):
+        mm.get("unet-xl", type="lora", base="sd1")
+
+
+def test_list_and_get_filter_by_every_base_a_lora_fits(mm, tmp_path):
+    _install_three(mm, tmp_path)
+    _assert_listed_by_fit(mm)
+
+
+def test_a_name_taken_for_two_bases_picks_the_one_probed_as_the_asked_base(mm, tmp_path):
+    xl = mm.install(
+        write(tmp_path / "a.safetensors", kohya_clip_l_tensors(), SDXL_META), name="twin"
+    )
+    sd1 = mm.install(write(tmp_path / "b.safetensors", kohya_sd1_tensors()), name="twin")
+    assert mm.get("twin", type="lora", base="sd1").key == sd1.key  # both fit sd1
+    assert mm.get("twin", type="lora", base="sdxl").key == xl.key
+    with pytest.raises(ModelError, match="names several models"):
+        mm.get("twin", type="lora")
+
+
+def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
+    _install_three(mm, tmp_path)
+    gone = mm.install(write(tmp_path / "gone.safetensors", kohya_clip_l_tensors(seed=5), SDXL_META))
+    mm.install(_sd1_checkpoint(tmp_path / "tiny-main.safetensors"))
+    Path(gone.path).unlink()
+    db = mm.paths.database
+    mm.close()
+    with sqlite3.connect(db) as c:  # back to the schema the previous code wrote
+        c.execute("ALTER TABLE models DROP COLUMN compatible_bases")
+        c.execute("UPDATE schema_version SET version = 1")
+    c.close()
+
+    reopened = ModelManager.open(mm.root)
+    try:
+        _assert_listed_by_fit(reopened, other_xl=frozenset({"gone"}))
+        assert reopened.get("tiny-main").compatible_bases == ["sd1"]
+        assert reopened.get("gone").compatible_bases == ["sdxl"]  # unreadable: its own base
+    finally:
+        reopened.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        left = c.execute("SELECT COUNT(*) FROM models WHERE compatible_bases IS NULL")
+        assert left.fetchone()[0] == 0
+    c.close()
+
+
+def test_cli_lists_a_clip_l_lora_for_sd1_with_its_probed_base(cli, tmp_path):
+    cli("install", str(write(tmp_path / "clip-l.safetensors", kohya_clip_l_tensors(), SDXL_META)))
+    assert [r["compatible_bases"] for r in cli.json("list", "--base", "sd1")] == [["sd1", "sdxl"]]
+    assert "sdxl (+sd1)" in cli("list", "--base", "sd1").stdout
