@@ -19,7 +19,7 @@ from loraworks.generation.events import CancelFlag, ProgressCallback, StepReport
 from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
-from loraworks.generation.render import render
+from loraworks.generation.render import render, with_native_size
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
 from loraworks.lora import LoRA
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
@@ -137,6 +137,7 @@ def generate(
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
     check_bases(main, [(applied.record, lora) for applied, lora in loras])
     loaded = cache.model(main)
+    resolved = replace(resolved, settings=with_native_size(loaded.pipe, resolved.settings))
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:
         try:

@@ -112,7 +112,7 @@ def resolve(
     settings = RenderSettings(
         prompt=prompt,
         negative_prompt=request.negative_prompt or None,
-        width=request.width or config.generation.width,
+        width=request.width or config.generation.width,  # 0 here: `with_native_size`
         height=request.height or config.generation.height,
         steps=request.steps if request.steps is not None else source.steps,
         cfg=request.cfg if request.cfg is not None else source.cfg,

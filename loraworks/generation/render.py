@@ -3,7 +3,7 @@ files. `api.generate` wraps this; tests call it directly on fixture pipelines.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from loraworks.generation.conditioning import ConditioningCache, encode_prompt
-from loraworks.generation.denoise import DenoiseJob, StepCallback, decode, denoise
+from loraworks.generation.denoise import (
+    DenoiseJob,
+    StepCallback,
+    decode,
+    denoise,
+    vae_scale_factor,
+)
 from loraworks.generation.schedulers import build_scheduler
 
 
@@ -29,6 +35,19 @@ class RenderSettings:
     seed: int
     init_image: Path | None = None
     strength: float = 1.0
+
+
+def with_native_size(pipe: Any, s: RenderSettings) -> RenderSettings:
+    """An unset (0) width or height becomes the model's native size, as in diffusers'
+    pipelines: the UNet's sample_size × the VAE's scale factor (SD1 512, SD2-768 768, SDXL 1024,
+    demo-shapes 64). A fixed 512 would halve SDXL's resolution and draw the demo model at 8×
+    the size it knows."""
+    if s.width and s.height:
+        return s
+    size = pipe.unet.config.sample_size
+    rows, cols = (size, size) if isinstance(size, int) else size
+    factor = vae_scale_factor(pipe.vae)
+    return replace(s, width=s.width or cols * factor, height=s.height or rows * factor)
 
 
 @dataclass

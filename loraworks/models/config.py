@@ -21,8 +21,8 @@ class GenerationDefaults(_Section):
     steps: int = Field(25, ge=1, le=1000)
     cfg: float = 7.5
     scheduler: str = "euler"
-    width: int = 512
-    height: int = 512
+    width: int = Field(0, ge=0)  # 0: the main model's native size
+    height: int = Field(0, ge=0)
     lora_weight: float = 0.75  # "most LoRAs perform best at a weight of .75-1"
 
 
@@ -68,8 +68,8 @@ DEFAULT_CONFIG_TOML = """\
 steps = 25            # denoising steps when a request gives none
 cfg = 7.5             # classifier-free guidance scale; <= 1 skips the unconditional pass
 scheduler = "euler"   # euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm
-width = 512
-height = 512
+width = 0             # 0: the main model's native size (SD1 512, SD2-768 768, SDXL 1024,
+height = 0            #    demo-shapes 64): the UNet's sample_size x the VAE's scale factor
 lora_weight = 0.75    # weight of a LoRA picked without one and without a preferred weight
 
 [lcm]                 # applied when an LCM-LoRA is in the stack and the request leaves these unset

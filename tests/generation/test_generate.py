@@ -211,3 +211,16 @@ def test_default_weights_and_trigger_words(mm):
     r = generate(req, manager=mm).recipe
     assert [lora["weight"] for lora in r["loras"]] == [0.75, 1.3]
     assert r["prompt"] == "a cat, zx style"
+
+
+@pytest.mark.parametrize("base", ["sd1", "sdxl"])
+def test_an_unset_size_is_the_models_native_size(mm, pipes, base):
+    """The truth is diffusers' own default: the UNet's sample_size × the pipeline's
+    `vae_scale_factor` (SD1.5's 64 × 8 = 512, SDXL's 128 × 8 = 1024)."""
+    pipe = pipes[base]
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    result = generate(tiny_request(base, width=None, height=None), manager=mm)
+    assert Image.open(result.images[0]).size == (native, native)
+    assert (result.recipe["width"], result.recipe["height"]) == (native, native)
+    wide = generate(tiny_request(base, width=SIZE * 2, height=None), manager=mm)
+    assert Image.open(wide.images[0]).size == (SIZE * 2, native)

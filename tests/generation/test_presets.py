@@ -23,17 +23,20 @@ def _resolve(stack, config=None, **kw):
 
 
 def test_no_lcm_uses_the_config_generation_defaults():
-    config = Config.model_validate({"generation": {"steps": 12, "cfg": 5.5, "scheduler": "ddim"}})
+    generation = {"steps": 12, "cfg": 5.5, "scheduler": "ddim", "width": 640, "height": 384}
+    config = Config.model_validate({"generation": generation})
     r = _resolve([StackEntry(STYLE, None), StackEntry(PLAIN, None)], config, seed=1)
     s = r.settings
     assert (s.steps, s.cfg, s.scheduler, s.width, s.height, s.seed) == (
         12,
         5.5,
         "ddim",
-        512,
-        512,
+        640,
+        384,
         1,
     )
+    unset = _resolve([], seed=1).settings  # 0: the model's native size, filled once it is loaded
+    assert (unset.width, unset.height) == (0, 0)
     assert [a.weight for a in r.loras] == [0.9, 0.75]
     assert not r.lcm and r.warnings == []
 

@@ -67,8 +67,8 @@ async function loadSettings() {
   const select = $("#scheduler");
   select.replaceChildren(el("option", { value: "" }, `default (${gen.scheduler})`));
   for (const name of state.settings.schedulers) select.append(el("option", { value: name }, name));
-  $("#width").placeholder = gen.width;
-  $("#height").placeholder = gen.height;
+  $("#width").placeholder = gen.width || "native";
+  $("#height").placeholder = gen.height || "native";
   $("#steps").placeholder = gen.steps;
   $("#cfg").placeholder = gen.cfg;
 }
