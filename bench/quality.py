@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from loraworks.demo.judge import judge
 from loraworks.demo.run import (
     LCM_NAME,
     STAR_NAME,
@@ -46,6 +49,20 @@ def measure(mm, row: Row, seeds: list[int]) -> RowResult:
         flush=True,
     )
     return result
+
+
+def paired(first: RowResult, second: RowResult, seeds: list[int]) -> tuple[int, int, float]:
+    """Same prompts × seeds in both rows: (second right where first wrong, the reverse,
+    McNemar's z). Pairing removes what the seed sets share, which swings a row by points."""
+    expected = [label for label in row_labels(first.row) for _ in seeds]
+
+    def right(r: RowResult) -> list[bool]:
+        return [judge(np.asarray(im)) == e for im, e in zip(r.images, expected, strict=True)]
+
+    pairs = list(zip(right(first), right(second), strict=True))
+    gained = sum(1 for a, b in pairs if b and not a)
+    lost = sum(1 for a, b in pairs if a and not b)
+    return gained, lost, (gained - lost) / math.sqrt(gained + lost) if gained + lost else 0.0
 
 
 def speed_ratio(mm, base25: Row, lcm4: Row, rounds: int) -> tuple[float, float, float]:
@@ -85,6 +102,12 @@ def main() -> None:
         report["rows"] = [
             {"row": asdict(r.row), "score": asdict(r.score), "seconds": r.seconds} for r in results
         ]
+        gained, lost, z = paired(results[-1], results[2], seeds)
+        report["lcm_lora_vs_scheduler_alone"] = {"gained": gained, "lost": lost, "z": z}
+        print(
+            f"\nLCM-LoRA vs the LCM scheduler alone, same {results[2].score.n} pictures: right "
+            f"where alone is wrong {gained}, the reverse {lost} (McNemar z = {z:.2f})"
+        )
         base_s, lcm_s, ratio = speed_ratio(mm, demo_rows[0], demo_rows[2], args.speed_rounds)
         report["lcm_speedup"] = {"base_s": base_s, "lcm_s": lcm_s, "ratio": ratio}
         print(
