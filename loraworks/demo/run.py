@@ -23,8 +23,8 @@ from loraworks.demo.evaluate import Score, score
 WEIGHTS = Path(__file__).parent / "weights"
 BASE_NAME, STAR_NAME, LCM_NAME = "demo-shapes", "demo-star", "demo-lcm"
 LCM_WEIGHT = 0.6
-"""LCM-LoRA weight of the demo rows. Alone, every weight of `bench/quality.py`'s sweep
-(0.2…1.0) scores alike; stacked with demo-star at 1.0, 0.6 is the best pair (docs/benchmarks.md)."""
+"""LCM-LoRA weight of the demo rows: best of `bench/quality.py`'s sweep (0.2…1.0) with 0.35,
+alone and stacked with demo-star at 1.0 (docs/benchmarks.md)."""
 STAR_WEIGHT = 1.0
 """Concept-LoRA weight of the demo rows, alone and stacked on the LCM-LoRA: the sweep (0…1.2)
 draws 95% stars at 1.0 and none at or below 0.45, the seed's weight for stacked LoRAs."""
