@@ -21,7 +21,6 @@ from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
 from loraworks.generation.render import render, with_native_size
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
-from loraworks.lora import LoRA
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 
@@ -78,13 +77,14 @@ def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]
     return weight.as_dict() if isinstance(weight, ComponentWeights) else weight
 
 
-def check_bases(main: ModelRecord, loras: list[tuple[ModelRecord, LoRA]]) -> None:
-    """The one base rule (generation and the server's queue check): a LoRA fits when the
-    engine's `compatible_bases` holds the main model's base — a CLIP-L-only LoRA fits SD1 and
-    SDXL, whatever single base its record names."""
-    for record, lora in loras:
-        if main.base not in lora.compatible_bases:
-            raise BaseMismatch(record.name, lora.base, main.name, str(main.base))
+def check_bases(main: ModelRecord, loras: list[ModelRecord]) -> None:
+    """The one base rule (generation and the server's queue check), read from the records: a
+    LoRA fits when its `compatible_bases` — the engine's rule, recorded when it was probed —
+    holds the main model's base (a CLIP-L-only LoRA fits SD1 and SDXL, whatever single base it
+    names). No file is read; the patcher checks the parsed file again before any weight."""
+    for record in loras:
+        if main.base is None or not record.fits(main.base):
+            raise BaseMismatch(record.name, str(record.base), main.name, str(main.base))
 
 
 def _run(
@@ -133,9 +133,9 @@ def generate(
     main = mm.get(request.model, type="main")
     stack = _stack(mm, [*request.loras, *parsed.loras], main)
     resolved = resolve(request, parsed.text, main, stack, mm.config)
+    check_bases(main, [applied.record for applied in resolved.loras])
     cache = cache_for(mm)
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
-    check_bases(main, [(applied.record, lora) for applied, lora in loras])
     loaded = cache.model(main)
     resolved = replace(resolved, settings=with_native_size(loaded.pipe, resolved.settings))
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))

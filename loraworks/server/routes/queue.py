@@ -10,10 +10,8 @@ from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from loraworks.generation.api import check_bases
-from loraworks.generation.cache import cache_for
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.request import GenerateRequest
-from loraworks.lora import LoRA
 from loraworks.models.errors import ModelError, ModelNotFound
 from loraworks.models.records import ModelRecord
 from loraworks.server.errors import ApiError
@@ -29,15 +27,14 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
     those named by `<lora:...>` prompt tags), and init images outside the root (the API must
     not read arbitrary files).
 
-    Bases are judged by generation's own rule (the engine's `compatible_bases`, not the record's
-    single `base`: a CLIP-L-only LoRA fits SD1 and SDXL); the parsed LoRAs land in the model
-    cache the generation then reads them from.
+    Bases are judged by generation's own rule (`check_bases`: the records' `compatible_bases`,
+    not their single `base` — a CLIP-L-only LoRA fits SD1 and SDXL), without reading any file.
     """
     manager = state.manager
     main = manager.get(request.model, type="main")
     if main.status != "ok":
         raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
-    loras: list[tuple[ModelRecord, LoRA]] = []
+    loras: list[ModelRecord] = []
     for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
         try:
             lora = manager.get(spec.name, type="lora")
@@ -47,7 +44,7 @@ def check_request(state: ServerState, request: GenerateRequest) -> None:
             lora = manager.get(spec.name, type="lora", base=main.base)
         if lora.status != "ok":
             raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
-        loras.append((lora, cache_for(manager).lora(lora)))
+        loras.append(lora)
     check_bases(main, loras)
     if request.init_image is not None:
         root = manager.root.resolve()
