@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -13,6 +14,13 @@ app = typer.Typer(no_args_is_help=True, help="Train the demo model and its LoRAs
 @app.callback()
 def _group() -> None:
     """Train the demo model and its LoRAs (CPU); every trainer resumes from its output folder."""
+
+
+class UNetLayers(StrEnum):
+    """Which UNet layers the concept LoRA adapts (typer refuses anything else, with the list)."""
+
+    attention = "attention"
+    all = "all"
 
 
 def register(root: typer.Typer) -> None:
@@ -67,7 +75,7 @@ def lora(
     lr: float = typer.Option(1e-3),
     stars: int = typer.Option(1000, help="star pictures in the training set"),
     base_share: float = typer.Option(0.25, help="ordinary pictures mixed in, per star picture"),
-    unet_layers: str = typer.Option("attention", help="attention, or all (a LoCon)"),
+    unet_layers: UNetLayers = typer.Option(UNetLayers.attention, help="all: a LoCon"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train the concept LoRA `demo-star` (kohya format); resumes from `out`."""
@@ -83,7 +91,7 @@ def lora(
         lr=lr,
         stars=stars,
         base_share=base_share,
-        unet_layers=unet_layers,
+        unet_layers=unet_layers.value,
         seed=seed,
     )
     typer.echo(f"LoRA: {train_lora(cfg)}")

@@ -119,3 +119,15 @@ def test_lcm_trainer_writes_a_unet_only_lora_folder(tmp_path, base_folder):
     found = probe(folder)
     assert (found.type, found.base) == ("lora", "sd1")
     assert found.is_lcm
+
+
+def test_train_cli_refuses_an_unknown_unet_layer_set_without_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from loraworks.cli import app
+
+    args = ["train", "lora", "--base", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, [*args, "--unet-layers", "convs"])
+    assert result.exit_code == 2
+    assert "'convs' is not one of" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
