@@ -8,8 +8,9 @@ The model has random weights (nothing downloads weights); speed does not depend 
 LCM-LoRA is a random rank-64 file with the published LCM-LoRA layout (whole UNet, no text
 encoder), patched once before timing as loraworks' model cache keeps it (its patch time is
 printed separately). End to end = prompt encoding + denoise + VAE decode to a PIL image.
-All four runs are interleaved in each round so machine load hits them alike; CPU time is
-printed next to wall time because it is less sensitive to other processes.
+All four runs are interleaved in each round, in reversed order every other round, so
+machine load and clock ramps hit them alike; CPU time is printed next to wall time because it
+is less sensitive to other processes.
 """
 
 from __future__ import annotations
@@ -151,11 +152,14 @@ def main() -> None:
         ("euler", "loraworks"): _ours(pipe, euler_settings),
         ("euler", "diffusers"): _diffusers(pipe, euler_settings),
     }
-    runs["lcm", "loraworks"]()  # warm-up (allocator, kernels), untimed
+    # untimed warm-up (allocator, kernels); on a GPU every run, which also ramps its clocks
+    for run in runs.values() if device.type == "cuda" else [runs["lcm", "loraworks"]]:
+        run()
     times: dict[tuple[str, str], list[Timing]] = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key, run in runs.items():
-            times[key].append(_timed(run, device))
+    order = list(runs)
+    for i in range(args.repeats):  # every other round reversed: no run always goes first
+        for key in order if i % 2 == 0 else order[::-1]:
+            times[key].append(_timed(runs[key], device))
     med = {key: _median(t) for key, t in times.items()}
 
     print(
