@@ -230,13 +230,28 @@ def _convert(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
 _NON_FLOAT_LEAVES = frozenset({"alpha", "on_input", "bias_indices", "bias_size"})
 
 
-def _finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf in ``t`` (``aminmax`` propagates NaN; ~30x faster than ``isfinite().all()``
-    on fp16 CPU tensors)."""
-    if not t.is_floating_point() or t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t.reshape(-1))
-    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+def _max_abs(groups: dict[str, dict[str, torch.Tensor]]) -> dict[tuple[str, str], float]:
+    """max|x| of every floating-point leaf, keyed (target, leaf), in one host round trip.
+
+    One ``aminmax`` per tensor (it propagates NaN; ~30x faster than ``isfinite().all()`` on fp16
+    CPU tensors) and a single ``tolist`` at the end: a non-finite result means NaN/Inf in the
+    tensor. The layers keep the numbers for their overflow bound, so patching never reads their
+    tensors again for it (on a GPU that was two syncs per layer).
+    """
+    keys: list[tuple[str, str]] = []
+    ends: list[torch.Tensor] = []
+    for target, leaves in groups.items():
+        for leaf, t in leaves.items():
+            if t.is_floating_point() and t.numel():
+                keys.append((target, leaf))
+                ends.extend(torch.aminmax(t.reshape(-1)))
+    if not keys:
+        return {}
+    flat = torch.stack(ends).tolist()
+    return {
+        k: max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.nan
+        for k, lo, hi in zip(keys, flat[0::2], flat[1::2], strict=True)
+    }
 
 
 def build(
@@ -247,21 +262,27 @@ def build(
     name: str | None = None,
     source: str | None = None,
 ) -> LoRA:
-    layers: dict[str, Layer] = {}
     for target, leaves in conv.groups.items():
-        label = conv.origin.get(target, target)
         for leaf, t in leaves.items():
             if not t.is_floating_point() and leaf not in _NON_FLOAT_LEAVES:
                 raise LoRAFormatError(
-                    f"refusing this LoRA: layer {label!r} stores {leaf!r} as {t.dtype}, "
-                    "not as floating-point weights"
+                    f"refusing this LoRA: layer {conv.origin.get(target, target)!r} stores "
+                    f"{leaf!r} as {t.dtype}, not as floating-point weights"
                 )
-            if not _finite(t):
+    max_abs = _max_abs(conv.groups)
+    layers: dict[str, Layer] = {}
+    for target, leaves in conv.groups.items():
+        label = conv.origin.get(target, target)
+        measured = {leaf: max_abs[target, leaf] for leaf in leaves if (target, leaf) in max_abs}
+        for leaf, m in measured.items():
+            if not math.isfinite(m):
                 raise LoRAFormatError(
                     f"refusing this LoRA: layer {label!r} has NaN/Inf values in {leaf!r}"
                 )
         convention = conv.conventions.get(target, conv.default)
-        layers[target] = layer_from_leaves(leaves, convention, label)
+        layer = layer_from_leaves(leaves, convention, label)
+        layer.max_abs = measured
+        layers[target] = layer
     if not layers:
         raise LoRAFormatError("the file holds no LoRA layers")
     for target, layer in layers.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,7 @@ class LoRA:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> LoRA:
         """Move every tensor (e.g. to the GPU once, so each apply skips the copy)."""
+        cap = torch.finfo(dtype).max if dtype is not None and dtype.is_floating_point else None
         for layer in self.layers.values():
             inner = getattr(layer, "inner", None)
             objs = (layer, inner, layer.sparse, getattr(inner, "sparse", None))
@@ -65,6 +67,11 @@ class LoRA:
                 for attr, val in list(vars(obj).items()):
                     if isinstance(val, torch.Tensor) and val.is_floating_point():
                         setattr(obj, attr, val.to(device=device, dtype=dtype))
+            for part in (layer, inner):
+                if cap is not None and part is not None and part.max_abs:
+                    # a value beyond the new dtype's range becomes inf there (rounding inside
+                    # it stays far within the overflow bound's 4x margin)
+                    part.max_abs = {k: v if v <= cap else math.inf for k, v in part.max_abs.items()}
         return self
 
     def __repr__(self) -> str:

@@ -103,6 +103,14 @@ def test_nan_weights_are_refused_naming_the_layer(sd1_lora):
         load_lora((sd, {}))
 
 
+def test_max_abs_measured_at_load_is_each_leafs_max(sd1_lora):
+    """The overflow bound reuses these numbers instead of reading the tensors at patch time."""
+    lora = load_lora((sd1_lora, {}))
+    layer = next(iter(lora.layers.values()))
+    for leaf, t in layer.tensors().items():
+        assert layer.max_abs[leaf] == pytest.approx(float(t.float().abs().max()), rel=0, abs=0)
+
+
 def test_empty_and_non_lora_files(tmp_path):
     with pytest.raises(LoRAFormatError, match="no tensors"):
         load_lora(({}, {}))

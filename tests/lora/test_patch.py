@@ -259,3 +259,21 @@ def test_overflowing_patch_is_refused_and_nothing_changes(dtype):
         _apply_and_exit(c.as_mapping(), [(lora, weight)])
     assert_bit_exact(c, snap)
     _apply_and_exit(c.as_mapping(), [(lora, 0.0)])  # the lock was released
+
+
+def test_a_lora_cast_past_its_range_is_refused_on_patch():
+    """Values finite in the file but beyond fp16's range become inf in `LoRA.to(fp16)`: the
+    overflow bound (from max|x| measured at load) must see that, not the file's numbers."""
+    c = build_components("sd1")
+    c.unet.to(torch.float16)
+    sd = kohya_lora(c)
+    key = next(k for k in sd if k.endswith("lora_up.weight") and k.startswith("lora_unet_"))
+    down = key.replace("lora_up", "lora_down")
+    sd[down] = sd[down].float() / sd[down].float().abs().max() * 1e-4  # small bound otherwise
+    sd[key] = sd[key].float().clone()
+    sd[key][0, 0] = 7e4  # finite in fp32, inf in fp16 (max 65504)
+    lora = load_lora((sd, {})).to(dtype=torch.float16)
+    snap = snapshot(c)
+    with pytest.raises(LoRAError, match="not be finite"):
+        _apply_and_exit(c.as_mapping(), [(lora, 1.0)])
+    assert_bit_exact(c, snap)

@@ -14,7 +14,9 @@ a module and rounds once into the module's dtype (see ``loraworks/lora/patch.py`
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -134,6 +136,10 @@ class Layer:
     touches_bias: bool = False
 
     sparse: SparseDiff | None = None
+    #: max|x| per leaf, measured once when the file was read (`load.build`), so that
+    #: `magnitude_bound` need not read the tensors again at patch time (on a GPU: no sync per
+    #: layer); empty for a layer built otherwise, which then reads its tensors
+    max_abs: Mapping[str, float] = MappingProxyType({})
 
     @classmethod
     def from_state_dict(cls, leaves: dict[str, Tensor], convention: Convention) -> Layer:

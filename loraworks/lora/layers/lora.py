@@ -97,9 +97,13 @@ class LoRALayer(Layer):
     def magnitude_bound(self, strength):
         if self.mid is not None or self.sparse is not None:
             return None
-        if not hasattr(self, "_amax"):
-            self._amax = float(self.up.abs().max()) * float(self.down.abs().max())
-        return abs(self.scale * strength) * self._amax * self.rank
+        if not {"lora_up.weight", "lora_down.weight"} <= self.max_abs.keys():
+            self.max_abs = {
+                "lora_up.weight": float(self.up.abs().max()),
+                "lora_down.weight": float(self.down.abs().max()),
+            }
+        up, down = self.max_abs["lora_up.weight"], self.max_abs["lora_down.weight"]
+        return abs(self.scale * strength) * up * down * self.rank
 
     def in_features(self):
         return int(self.down.shape[1])
