@@ -14,7 +14,6 @@ import json
 import math
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -66,15 +65,14 @@ def paired(first: RowResult, second: RowResult, seeds: list[int]) -> tuple[int, 
 
 
 def speed_ratio(mm, base25: Row, lcm4: Row, rounds: int) -> tuple[float, float, float]:
-    """Median seconds per image of each row and their ratio, the rows alternating per round
-    (one prompt, 10 seeds per request) so that other load on the machine hits both alike."""
+    """Median seconds per image of each row (time in `generate`: prompt to saved PNG, no
+    judging) and their ratio, the rows alternating per round (one prompt, 10 seeds per
+    request) so that other load on the machine hits both alike."""
     label = row_labels(base25)[0]
     times: dict[str, list[float]] = {"base": [], "lcm": []}
     for _ in range(rounds):
         for key, row in (("base", base25), ("lcm", lcm4)):
-            t0 = time.perf_counter()
-            run_row(mm, row, [label], list(range(10)))
-            times[key].append((time.perf_counter() - t0) / 10)
+            times[key].append(run_row(mm, row, [label], list(range(10))).seconds / 10)
     base, lcm = statistics.median(times["base"]), statistics.median(times["lcm"])
     return base, lcm, base / lcm
 

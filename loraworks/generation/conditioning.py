@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from loraworks.generation.placement import placement
+
 
 @dataclass
 class Conditioning:
@@ -39,15 +41,11 @@ def _truncated_text(tokenizer: Any, text: str) -> str | None:
     return tokenizer.decode(ids[limit - 1 : -1])
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 @torch.no_grad()
 def _encode_sd(pipe: Any, text: str) -> torch.Tensor:
     te = pipe.text_encoder
     ids = _tokens(pipe.tokenizer, text, pipe.tokenizer.model_max_length)
-    return te(ids.to(_device(te)))[0]
+    return te(ids.to(placement(te)[0]))[0]
 
 
 @torch.no_grad()
@@ -58,7 +56,7 @@ def _encode_sdxl(pipe: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         (pipe.tokenizer_2, pipe.text_encoder_2),
     ):
         out = te(
-            _tokens(tokenizer, text, tokenizer.model_max_length).to(_device(te)),
+            _tokens(tokenizer, text, tokenizer.model_max_length).to(placement(te)[0]),
             output_hidden_states=True,
         )
         if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
@@ -73,8 +71,7 @@ def encode_prompt(
 ) -> Conditioning:
     """Conditioning for one image. SDXL with no negative prompt uses zeros for the
     unconditional embeds, as diffusers does (`force_zeros_for_empty_prompt`)."""
-    dtype = pipe.unet.dtype
-    device = pipe.unet.device
+    device, dtype = placement(pipe.unet)
     truncated = [t for t in [_truncated_text(pipe.tokenizer, prompt)] if t]
     if not is_sdxl(pipe):
         embeds = _encode_sd(pipe, prompt)

@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from loraworks.generation.conditioning import Conditioning
+from loraworks.generation.placement import placement
 
 # (step index, total steps, latents after the step); may raise to stop the loop
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -62,10 +63,11 @@ def _initial_latents(pipe: Any, job: DenoiseJob, timesteps: torch.Tensor) -> tor
     unet, vae = pipe.unet, pipe.vae
     f = vae_scale_factor(vae)
     shape = (1, unet.config.in_channels, job.height // f, job.width // f)
-    like = torch.empty(0, device=unet.device, dtype=unet.dtype)
+    device, dtype = placement(unet)
+    like = torch.empty(0, device=device, dtype=dtype)
     if job.init_image is None:
         return _randn(shape, job, like) * job.scheduler.init_noise_sigma
-    pixels = _image_to_tensor(job.init_image, job.width, job.height).to(vae.device, vae.dtype)
+    pixels = _image_to_tensor(job.init_image, job.width, job.height).to(*placement(vae))
     init = vae.encode(pixels).latent_dist.sample(job.generator) * vae.config.scaling_factor
     init = init.to(like)
     return job.scheduler.add_noise(init, _randn(shape, job, like), timesteps[:1])
@@ -103,7 +105,7 @@ def denoise(
     """Latents for one image. The UNet runs once per step with batch 1 when CFG ≤ 1 and
     once with batch 2 ([uncond, cond]) otherwise."""
     unet, scheduler = pipe.unet, job.scheduler
-    timesteps = _timesteps(job, unet.device)
+    timesteps = _timesteps(job, placement(unet)[0])
     latents = _initial_latents(pipe, job, timesteps)
     step_kwargs = _step_kwargs(scheduler, job.generator)
     total = len(timesteps)
@@ -130,11 +132,12 @@ def denoise(
 def decode(vae: Any, latents: torch.Tensor) -> Image.Image:
     """Latents → 8-bit RGB, rounded the way diffusers' image processor rounds. A VAE that
     overflows in fp16 (SDXL's, `force_upcast`) decodes in fp32."""
-    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    dtype = placement(vae)[1]
+    upcast = dtype == torch.float16 and vae.config.get("force_upcast", False)
     if upcast:
         vae.to(torch.float32)
     try:
-        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+        scaled = latents.to(torch.float32 if upcast else dtype) / vae.config.scaling_factor
         pixels = vae.decode(scaled, return_dict=False)[0]
     finally:
         if upcast:
