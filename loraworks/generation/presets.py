@@ -123,4 +123,16 @@ def resolve(
     )
     loras = [AppliedLoRA(e.record, _weight(e, lcm, config)) for e in stack]
     warnings = _lcm_warnings(main, stack, settings, request.preset == "lcm")
+    warnings += _unguided_negative_warning(settings)
     return Resolved(settings, loras, lcm, warnings)
+
+
+def _unguided_negative_warning(s: RenderSettings) -> list[str]:
+    """At CFG ≤ 1 there is no unconditional pass, so a negative prompt does nothing — peers
+    drop it silently and LCM users wonder why it is ignored."""
+    if not s.negative_prompt or s.cfg > 1.0:
+        return []
+    return [
+        f"the negative prompt has no effect at CFG {s.cfg:g} (≤ 1 runs no unconditional pass); "
+        "with an LCM-LoRA, CFG 1.5–2 makes it count at the cost of a second UNet pass per step"
+    ]

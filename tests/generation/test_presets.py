@@ -61,6 +61,14 @@ def test_preset_lcm_without_an_lcm_lora_warns():
     assert "without an LCM-LoRA" in r.warnings[0]
 
 
+def test_a_negative_prompt_at_cfg_1_warns_that_it_has_no_effect():
+    r = _resolve([StackEntry(LCM, None)], negative_prompt="blurry")
+    assert r.settings.cfg == 1.0 and r.settings.negative_prompt == "blurry"
+    assert len(r.warnings) == 1 and "negative prompt has no effect at CFG 1" in r.warnings[0]
+    assert _resolve([StackEntry(LCM, None)], negative_prompt="blurry", cfg=1.5).warnings == []
+    assert _resolve([StackEntry(LCM, None)]).warnings == []  # no negative prompt: nothing to say
+
+
 def test_trigger_words_are_appended_once_and_only_when_absent():
     tagged = fake_record("t", trigger_words=["ink style", "Cat", "sketch"])
     assert with_trigger_words("a cat", [StackEntry(tagged, None)]) == "a cat, ink style, sketch"
