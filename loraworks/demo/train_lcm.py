@@ -22,15 +22,12 @@ from loraworks.demo.architecture import make_noise_scheduler
 from loraworks.demo.data import make_set, to_tensor
 from loraworks.demo.lora_layers import UNET_ALL, inject, save_lora
 from loraworks.demo.training import (
-    StepLog,
-    cosine_lr,
+    AdapterTrainConfig,
     encode_latents,
-    load_checkpoint,
     load_components,
-    save_checkpoint,
-    set_lr,
     setup_torch,
     tokenize,
+    train_adapters,
     training_noise,
 )
 
@@ -38,22 +35,14 @@ WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 @dataclass
-class LCMTrainConfig:
-    base: Path
-    out: Path
+class LCMTrainConfig(AdapterTrainConfig):
     steps: int = 2000
-    rank: int = 8
-    alpha: float = 8.0
-    batch: int = 16
-    lr: float = 1e-3
     w_min: float = 3.0
     w_max: float = 7.0
     ddim_steps: int = 50
     huber_c: float = 0.001
     images: int = 2000
     offset_noise: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 100
     name: str = "demo-lcm"
 
 
@@ -136,42 +125,16 @@ def train_lcm(cfg: LCMTrainConfig) -> Path:
     cond_table, uncond = embeds[:-1], embeds[-1:]
 
     lora = inject(parts.unet, "lora_unet", UNET_ALL, cfg.rank, cfg.alpha, (nn.Linear, nn.Conv2d))
-    params = lora.parameters()
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     solver = DDIMSkipSolver.make(make_noise_scheduler().alphas_cumprod, cfg.ddim_steps)
-    ckpt = cfg.out / "lcm.pt"
-    state = load_checkpoint(ckpt)
-    start = 0
-    if state is not None:
-        lora.load_state_dict(state["lora"])
-        opt.load_state_dict(state["opt"])
-        g.set_state(state["rng"])
-        start = state["step"]
-    log = StepLog("lcm")
-    for step in range(start, cfg.steps):
-        lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=50)
-        set_lr(opt, lr)
+
+    def loss() -> torch.Tensor:
         idx = torch.randint(len(latents), (cfg.batch,), generator=g)
         cond = cond_table[caption_index[idx]]
-        loss = consistency_loss(
+        return consistency_loss(
             parts.unet, lora, solver, latents[idx], cond, uncond.expand_as(cond), cfg, g
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.add(step, loss.item(), lr)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(
-                ckpt,
-                {
-                    "lora": lora.state_dict(torch.float32),
-                    "opt": opt.state_dict(),
-                    "rng": g.get_state(),
-                    "step": step + 1,
-                },
-            )
+
+    train_adapters(cfg, {"lora": lora}, loss, g, "lcm")
     folder = cfg.out / cfg.name
     save_lora(folder / WEIGHTS_NAME, [lora], {"format": "pt"})
     print(f"wrote {folder}", flush=True)

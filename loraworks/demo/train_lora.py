@@ -20,33 +20,21 @@ from loraworks.demo.architecture import make_noise_scheduler
 from loraworks.demo.data import STAR, TRIGGER, Label, make_set, to_tensor
 from loraworks.demo.lora_layers import TEXT_ATTENTION, UNET_ALL, UNET_ATTENTION, inject, save_lora
 from loraworks.demo.training import (
-    StepLog,
-    cosine_lr,
+    AdapterTrainConfig,
     encode_latents,
     epsilon_loss,
-    load_checkpoint,
     load_components,
-    save_checkpoint,
-    set_lr,
     setup_torch,
     tokenize,
+    train_adapters,
 )
 
 
 @dataclass
-class LoRATrainConfig:
-    base: Path
-    out: Path
-    steps: int = 500
-    rank: int = 8
-    alpha: float = 8.0
-    batch: int = 16
-    lr: float = 1e-3
+class LoRATrainConfig(AdapterTrainConfig):
     stars: int = 1000
     base_share: float = 0.25
     offset_noise: float = 0.2
-    seed: int = 0
-    checkpoint_every: int = 100
     name: str = "demo-star"
     unet_layers: str = "attention"
     """`attention` (the classic kohya LoRA) or `all` (a LoCon: also feed-forward and resnets)."""
@@ -103,44 +91,16 @@ def train_lora(cfg: LoRATrainConfig) -> Path:
     else:
         unet_lora = inject(parts.unet, "lora_unet", UNET_ATTENTION, cfg.rank, cfg.alpha)
     te_lora = inject(parts.text_encoder, "lora_te", TEXT_ATTENTION, cfg.rank, cfg.alpha)
-    params = unet_lora.parameters() + te_lora.parameters()
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ckpt = cfg.out / "lora.pt"
-    state = load_checkpoint(ckpt)
-    start = 0
-    if state is not None:
-        unet_lora.load_state_dict(state["unet"])
-        te_lora.load_state_dict(state["te"])
-        opt.load_state_dict(state["opt"])
-        g.set_state(state["rng"])
-        start = state["step"]
     noise_sched = make_noise_scheduler()
-    log = StepLog("lora")
-    for step in range(start, cfg.steps):
-        lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=50)
-        set_lr(opt, lr)
+
+    def loss() -> torch.Tensor:
         idx = torch.randint(len(all_latents), (cfg.batch,), generator=g)
         # the encoder runs once per distinct caption in the batch: it is 768 wide
         unique, inverse = torch.unique(all_ids[idx], dim=0, return_inverse=True)
         states = parts.text_encoder(unique)[0][inverse]
-        loss = epsilon_loss(parts.unet, all_latents[idx], states, noise_sched, g, cfg.offset_noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.add(step, loss.item(), lr)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(
-                ckpt,
-                {
-                    "unet": unet_lora.state_dict(torch.float32),
-                    "te": te_lora.state_dict(torch.float32),
-                    "opt": opt.state_dict(),
-                    "rng": g.get_state(),
-                    "step": step + 1,
-                },
-            )
+        return epsilon_loss(parts.unet, all_latents[idx], states, noise_sched, g, cfg.offset_noise)
+
+    train_adapters(cfg, {"unet": unet_lora, "te": te_lora}, loss, g, "lora")
     path = save_lora(
         cfg.out / f"{cfg.name}.safetensors", [unet_lora, te_lora], kohya_metadata(cfg, stars.labels)
     )

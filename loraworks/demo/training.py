@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from loraworks.demo.lora_layers import LoRASet
 
 THREADS = 1
 """One thread: on a shared, busy 2-core machine two OpenMP threads wait on each other and ran a
@@ -175,3 +178,58 @@ def load_components(folder: Path) -> Components:
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
+
+
+@dataclass
+class AdapterTrainConfig:
+    """What both adapter trainers (`train_lora`, `train_lcm`) take."""
+
+    base: Path
+    out: Path
+    steps: int = 500
+    rank: int = 8
+    alpha: float = 8.0
+    batch: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def train_adapters(
+    cfg: AdapterTrainConfig,
+    adapters: dict[str, LoRASet],
+    loss: Callable[[], torch.Tensor],
+    g: torch.Generator,
+    name: str,
+) -> None:
+    """The loop both adapter trainers run: AdamW over the adapters' parameters, cosine learning
+    rate with a 50-step warm-up, `loss()` per step (it draws its batch from `g`), and every
+    `checkpoint_every` steps a checkpoint `out/<name>.pt` (adapters by their key in `adapters`,
+    optimiser, RNG, step) that a rerun with the same `out` resumes from."""
+    params = [p for adapter in adapters.values() for p in adapter.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ckpt = cfg.out / f"{name}.pt"
+    state = load_checkpoint(ckpt)
+    start = 0
+    if state is not None:
+        for key, adapter in adapters.items():
+            adapter.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["rng"])
+        start = state["step"]
+    log = StepLog(name)
+    for step in range(start, cfg.steps):
+        lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=50)
+        set_lr(opt, lr)
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        log.add(step, value.item(), lr)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            weights = {key: adapter.state_dict(torch.float32) for key, adapter in adapters.items()}
+            save_checkpoint(
+                ckpt, {**weights, "opt": opt.state_dict(), "rng": g.get_state(), "step": step + 1}
+            )
