@@ -14,7 +14,12 @@ from typing import Any
 
 from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
-from loraworks.generation.errors import BaseMismatch, GenerationError
+from loraworks.generation.errors import (
+    BaseMismatch,
+    GenerationError,
+    LoRANotFound,
+    UnusableModel,
+)
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
 from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
@@ -47,18 +52,22 @@ def _manager(manager: ModelManager | None) -> ModelManager:
         return _default_manager
 
 
+def _usable(record: ModelRecord, what: str) -> ModelRecord:
+    if record.status != "ok":
+        raise UnusableModel(
+            f"{what} '{record.name}' cannot be used: {record.error or record.status}"
+        )
+    return record
+
+
 def _lora_record(mm: ModelManager, name: str, main: ModelRecord) -> ModelRecord:
     try:
         record = mm.get(name, type="lora")
     except ModelNotFound as exc:
-        raise GenerationError(f"LoRA: {exc}") from None
-    except ModelError:  # one name, several bases: take the main model's
+        raise LoRANotFound(f"LoRA: {exc}") from None
+    except ModelError:  # one name installed for several bases: the main model's is meant
         record = mm.get(name, type="lora", base=main.base)
-    if record.status != "ok":
-        raise GenerationError(
-            f"LoRA '{record.name}' cannot be used: {record.error or record.status}"
-        )
-    return record
+    return _usable(record, "LoRA")
 
 
 def _stack(mm: ModelManager, specs: list[LoRASpec], main: ModelRecord) -> list[StackEntry]:
@@ -73,12 +82,32 @@ def _stack(mm: ModelManager, specs: list[LoRASpec], main: ModelRecord) -> list[S
     return stack
 
 
+@dataclass(frozen=True)
+class CheckedRequest:
+    main: ModelRecord
+    stack: list[StackEntry]  # the request's LoRAs, then the prompt's `<lora:>` tags
+    prompt: str  # the prompt without its `<lora:>` tags
+
+
+def check_request(request: GenerateRequest, manager: ModelManager | None = None) -> CheckedRequest:
+    """Everything about `request` that the records can refuse, in the order generation meets
+    it: prompt syntax, the main model (known, usable), each LoRA (known — a name installed for
+    several bases means the main model's —, usable, named once) and the base rule. Reads no
+    file, so the server's queue calls it to refuse a request before accepting it."""
+    mm = _manager(manager)
+    parsed = parse_prompt(request.prompt)
+    main = _usable(mm.get(request.model, type="main"), "Model")
+    stack = _stack(mm, [*request.loras, *parsed.loras], main)
+    check_bases(main, [entry.record for entry in stack])
+    return CheckedRequest(main, stack, parsed.text)
+
+
 def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]:
     return weight.as_dict() if isinstance(weight, ComponentWeights) else weight
 
 
 def check_bases(main: ModelRecord, loras: list[ModelRecord]) -> None:
-    """The one base rule (generation and the server's queue check), read from the records: a
+    """The one base rule (part of `check_request`), read from the records: a
     LoRA fits when its `compatible_bases` — the engine's rule, recorded when it was probed —
     holds the main model's base (a CLIP-L-only LoRA fits SD1 and SDXL, whatever single base it
     names). No file is read; the patcher checks the parsed file again before any weight."""
@@ -129,11 +158,9 @@ def generate(
     error its weights are restored to the loaded ones.
     """
     mm = _manager(manager)
-    parsed = parse_prompt(request.prompt)
-    main = mm.get(request.model, type="main")
-    stack = _stack(mm, [*request.loras, *parsed.loras], main)
-    resolved = resolve(request, parsed.text, main, stack, mm.config)
-    check_bases(main, [applied.record for applied in resolved.loras])
+    checked = check_request(request, mm)
+    main = checked.main
+    resolved = resolve(request, checked.prompt, main, checked.stack, mm.config)
     cache = cache_for(mm)
     loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
     loaded = cache.model(main)

@@ -4,10 +4,20 @@ cancellation signal, so CLI and server can print one clear line instead of a tra
 from __future__ import annotations
 
 from loraworks.lora import LoRABaseMismatch
+from loraworks.models.errors import ModelNotFound
 
 
 class GenerationError(ValueError):
     """A request that cannot run as asked; the message says why and what to change."""
+
+
+class UnusableModel(GenerationError):
+    """A model whose record is not usable (its file is missing or failed to read)."""
+
+
+class LoRANotFound(ModelNotFound, GenerationError):
+    """A LoRA name (in the request or a `<lora:>` tag) that matches no record; lists close
+    matches. Both a lookup failure (the server answers 404) and a generation refusal."""
 
 
 class PromptSyntaxError(GenerationError):

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraworks.generation.errors import GenerationError
+from loraworks.generation.errors import GenerationError, UnusableModel
 from loraworks.lora.errors import LoRABaseMismatch, LoRAError
 from loraworks.models.errors import ModelError, ModelNotFound
 
@@ -77,6 +77,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFound)
     async def _not_found(_: Request, exc: ModelNotFound) -> JSONResponse:
         return error_response(404, str(exc))
+
+    @app.exception_handler(UnusableModel)
+    async def _unusable(_: Request, exc: UnusableModel) -> JSONResponse:
+        return error_response(409, str(exc))
 
     @app.exception_handler(LoRABaseMismatch)
     async def _base_mismatch(_: Request, exc: LoRABaseMismatch) -> JSONResponse:

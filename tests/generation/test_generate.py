@@ -19,11 +19,14 @@ from loraworks.generation import (
     generate,
     recall,
 )
+from loraworks.generation.api import check_request
 from loraworks.generation.cache import cache_for
+from loraworks.generation.errors import LoRANotFound, UnusableModel
 from loraworks.generation.recipe import read_recipe
 from loraworks.lora import LoRABaseMismatch
 from tests.fixtures.models import BASES
 from tests.generation.conftest import SIZE, pipeline_weights, tiny_request
+from tests.server.loras import write_kohya_lora
 
 
 def _loaded(mm, base: str):
@@ -186,6 +189,25 @@ def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
         "LoRA 'sdxl-a' is for sdxl but the main model 'tiny-sd1' is sd1; "
         "pick a sd1 LoRA or a sdxl main model"
     )
+    assert mm.images.count() == before
+
+
+def test_unusable_models_are_refused_before_any_work(mm):
+    """A LoRA whose file went missing is refused with the reason, like a broken main model,
+    before anything is loaded or written."""
+    dropped = write_kohya_lora(mm.paths.autoimport_lora / "gone.safetensors", "sd1", seed=41)
+    mm.scan()
+    dropped.unlink()
+    mm.scan()
+    before = mm.images.count()
+    try:
+        with pytest.raises(UnusableModel, match="LoRA 'gone' cannot be used: file not found"):
+            generate(tiny_request("sd1", loras=[{"name": "gone"}]), manager=mm)
+        with pytest.raises(LoRANotFound, match="did you mean") as err:
+            check_request(tiny_request("sd1", loras=[{"name": "sd1-aa"}]), mm)
+        assert isinstance(err.value, GenerationError)  # and a ModelNotFound for the server
+    finally:
+        mm.remove(mm.get("gone", type="lora").key)
     assert mm.images.count() == before
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from loraworks.server import create_app
-from tests.server.loras import write_clip_l_lora
+from tests.server.loras import write_clip_l_lora, write_kohya_lora
 from tests.server.sse import read_events
 
 
@@ -141,6 +141,23 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client, fake_ge
     assert status == 403 and "under the models root" in message
     assert fake_generate.calls == []
     assert read_events(client, _enqueue(client)["id"])[-1]["event"] == "done"
+
+
+def test_unusable_and_repeated_loras_are_refused_at_enqueue(client, manager, fake_generate):
+    """Generation's own record check runs before the request is queued: a LoRA whose file went
+    missing is a 409 that says why, a LoRA named twice (request and tag) a 400."""
+    dropped = write_kohya_lora(manager.paths.autoimport_lora / "gone.safetensors", "sd1", seed=4)
+    manager.scan()
+    dropped.unlink()
+    manager.scan()
+    assert manager.get("gone", type="lora").status == "missing"
+    ok = {"model": "tiny-sd1", "prompt": "a circle"}
+    status, message = _refused(client, {**ok, "loras": [{"name": "gone"}]})
+    assert status == 409 and message == "LoRA 'gone' cannot be used: file not found"
+    twice = {**ok, "prompt": "<lora:ink:0.5> a circle", "loras": [{"name": "ink"}]}
+    status, message = _refused(client, twice)
+    assert status == 400 and "given twice" in message
+    assert fake_generate.calls == []
 
 
 def test_bases_follow_the_engine_rule_not_the_record_base(client, manager, fake_generate, tmp_path):

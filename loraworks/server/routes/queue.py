@@ -9,11 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from loraworks.generation.api import check_bases
-from loraworks.generation.prompt import parse_prompt
+from loraworks.generation.api import check_request as generation_check
 from loraworks.generation.request import GenerateRequest
-from loraworks.models.errors import ModelError, ModelNotFound
-from loraworks.models.records import ModelRecord
 from loraworks.server.errors import ApiError
 from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
 from loraworks.server.state import ServerState, server_state
@@ -23,29 +20,12 @@ State = Annotated[ServerState, Depends(server_state)]
 
 
 def check_request(state: ServerState, request: GenerateRequest) -> None:
-    """Refuse now what would fail later: unknown models, broken files, wrong-base LoRAs (also
-    those named by `<lora:...>` prompt tags), and init images outside the root (the API must
-    not read arbitrary files).
-
-    Bases are judged by generation's own rule (`check_bases`: the records' `compatible_bases`,
-    not their single `base` — a CLIP-L-only LoRA fits SD1 and SDXL), without reading any file.
-    """
+    """Refuse now what would fail later: whatever generation's own `check_request` refuses from
+    the records (unknown or unusable models, LoRAs also named by `<lora:...>` tags, a LoRA
+    named twice, wrong bases — no file is read), and init images outside the root (the API
+    must not read arbitrary files)."""
     manager = state.manager
-    main = manager.get(request.model, type="main")
-    if main.status != "ok":
-        raise ApiError(409, f"Model {main.name!r} cannot be used: {main.error or main.status}.")
-    loras: list[ModelRecord] = []
-    for spec in [*parse_prompt(request.prompt).loras, *request.loras]:
-        try:
-            lora = manager.get(spec.name, type="lora")
-        except ModelNotFound:
-            raise
-        except ModelError:  # one name installed for several bases: the model's own is meant
-            lora = manager.get(spec.name, type="lora", base=main.base)
-        if lora.status != "ok":
-            raise ApiError(409, f"LoRA {lora.name!r} cannot be used: {lora.error or lora.status}.")
-        loras.append(lora)
-    check_bases(main, loras)
+    generation_check(request, manager)
     if request.init_image is not None:
         root = manager.root.resolve()
         if not Path(request.init_image).resolve().is_relative_to(root):
