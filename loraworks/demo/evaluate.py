@@ -53,7 +53,7 @@ def score(expected: list[Label], images: list[np.ndarray]) -> Score:
 
 def load_pipeline(folder: Path) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        str(folder), dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

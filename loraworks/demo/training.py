@@ -163,11 +163,9 @@ def load_components(folder: Path) -> Components:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     parts = Components(
-        vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-        unet=UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
-        text_encoder=CLIPTextModel.from_pretrained(
-            folder / "text_encoder", torch_dtype=torch.float32
-        ),
+        vae=AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32),
+        unet=UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
         tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
     )
     for model in (parts.vae, parts.unet, parts.text_encoder):

@@ -122,11 +122,11 @@ def cache_for(manager: ModelManager) -> ModelCache:
         cache = _CACHES.get(root)
         if cache is None:
             _, dtype = default_device()
-            # fp32 is diffusers' default; naming it would only trip its `torch_dtype` deprecation
-            kwargs = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+            # always named: transformers 5 loads a text encoder in its file's dtype otherwise,
+            # so an fp16 model would run its CLIP in fp16 on the CPU beside an fp32 UNet
             cfg = manager.config.cache
             cache = ModelCache(
-                lambda record: manager.load_main(record, **kwargs),
+                lambda record: manager.load_main(record, dtype=dtype),
                 cfg.ram_budget_gb,
                 cfg.max_loras,
             )

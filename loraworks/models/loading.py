@@ -17,7 +17,7 @@ def pipeline_class(base: str):
 
 def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
     """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`; `kwargs` go to
-    diffusers (e.g. `torch_dtype`). Folders load with `local_files_only`; single files never
+    diffusers (e.g. `dtype`). Folders load with `local_files_only`; single files never
     touch the hub at all."""
     cls = pipeline_class(record.base or "sd1")
     if record.base != "sdxl":

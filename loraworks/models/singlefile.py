@@ -217,7 +217,7 @@ def load_checkpoint(cls, path: Path, base: str, cache: Path, **kwargs: Any):
         convert_ldm_vae_checkpoint,
     )
 
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    dtype = kwargs.pop("dtype", None)
     sd = load_state_dict(path)
     cfg = template(base)
     if not any(k.startswith(VAE) for k in sd):

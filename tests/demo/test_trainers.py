@@ -54,7 +54,7 @@ def test_base_trainer_writes_a_diffusers_folder_and_resumes(tmp_path):
     cfg.unet_steps = 3
     train_base(cfg)
     assert torch.load(tmp_path / "unet.pt", weights_only=True)["step"] == 3
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32
     assert json.loads((model / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
     with safe_open(str(model / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:

@@ -122,3 +122,21 @@ def test_a_prompt_is_encoded_once_per_patch_and_again_when_the_loras_change(mm):
         assert not torch.allclose(patched, plain)
     finally:
         hook.remove()
+
+
+def test_an_fp16_model_loads_whole_in_the_devices_dtype(tmp_path):
+    """transformers 5 loads a text encoder in its file's dtype unless told: an fp16 model
+    would run its CLIP in fp16 on the CPU beside an fp32 UNet (slow, and diffusers warns)."""
+    from loraworks.generation.cache import cache_for, default_device
+    from loraworks.models import ModelManager
+    from tests.fixtures.models import build_pipeline
+
+    folder = tmp_path / "half"
+    build_pipeline("sd1", tmp_path / "work").to(dtype=torch.float16).save_pretrained(folder)
+    mm = ModelManager.open(tmp_path / "root", scan=False)
+    try:
+        pipe = cache_for(mm).model(mm.install(folder, name="half", type="main")).pipe
+        want = default_device()[1]
+        assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {want}
+    finally:
+        mm.close()
