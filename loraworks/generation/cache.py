@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from loraworks.generation.conditioning import ConditioningCache
+from loraworks.generation.errors import GenerationError
 from loraworks.lora import LoRA, LoRAPatcher, load_lora
 from loraworks.models import ModelManager, ModelRecord
+from loraworks.models.config import ComputeSettings
 
 GIB = 1024**3
 
@@ -42,10 +44,34 @@ def pipeline_bytes(pipe: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def default_device() -> tuple[torch.device, torch.dtype]:
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+_PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def compute_placement(settings: ComputeSettings) -> tuple[torch.device, torch.dtype]:
+    """Where models run (the config's `[compute]`): `auto` is a CUDA GPU when torch sees one,
+    else the CPU (MPS only when named: untested here); `auto` precision is float16 on CUDA and
+    float32 elsewhere (CPUs have no fast float16). A device this machine lacks is refused with
+    what to write instead, before anything loads."""
+    if settings.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(settings.device)
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise GenerationError(
+            f"[compute] device = {settings.device!r} in config.toml, but torch sees {seen} CUDA "
+            'GPU(s) here; set it to "auto" or "cpu"'
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GenerationError(
+            "[compute] device = 'mps' in config.toml, but torch sees no Apple GPU here; set it "
+            'to "auto" or "cpu"'
+        )
+    if settings.precision != "auto":
+        return device, _PRECISIONS[settings.precision]
+    return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
 class ModelCache:
@@ -54,12 +80,12 @@ class ModelCache:
         load_main: Callable[[ModelRecord], Any],
         ram_budget_gb: float,
         max_loras: int,
-        device: torch.device | None = None,
+        device: torch.device = torch.device("cpu"),
     ):
         self._load_main = load_main
         self.budget = int(ram_budget_gb * GIB)
         self.max_loras = max_loras
-        self.device = device or default_device()[0]
+        self.device = device
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loras: OrderedDict[tuple[str, str | None], LoRA] = OrderedDict()
         self._lock = threading.Lock()
@@ -121,14 +147,15 @@ def cache_for(manager: ModelManager) -> ModelCache:
     with _CACHES_LOCK:
         cache = _CACHES.get(root)
         if cache is None:
-            _, dtype = default_device()
-            # always named: transformers 5 loads a text encoder in its file's dtype otherwise,
-            # so an fp16 model would run its CLIP in fp16 on the CPU beside an fp32 UNet
+            device, dtype = compute_placement(manager.config.compute)
+            # dtype always named: transformers 5 loads a text encoder in its file's dtype
+            # otherwise, so an fp16 model would run its CLIP in fp16 beside an fp32 UNet
             cfg = manager.config.cache
             cache = ModelCache(
                 lambda record: manager.load_main(record, dtype=dtype),
                 cfg.ram_budget_gb,
                 cfg.max_loras,
+                device,
             )
             _CACHES[root] = cache
         return cache

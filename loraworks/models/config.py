@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +40,11 @@ class CacheSettings(_Section):
     max_loras: int = Field(32, ge=0)
 
 
+class ComputeSettings(_Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=1, le=65535)
@@ -49,6 +55,7 @@ class Config(_Section):
     generation: GenerationDefaults = GenerationDefaults()
     lcm: LCMPreset = LCMPreset()
     cache: CacheSettings = CacheSettings()
+    compute: ComputeSettings = ComputeSettings()
     server: ServerSettings = ServerSettings()
 
     @classmethod
@@ -82,6 +89,10 @@ other_lora_weight = 0.45
 [cache]
 ram_budget_gb = 8.0   # main models kept loaded (LRU) while their size fits
 max_loras = 32        # parsed LoRAs kept in memory
+
+[compute]             # read when the first model loads; restart the server after a change
+device = "auto"       # auto (a CUDA GPU when torch sees one, else CPU) | cpu | cuda | cuda:1 | mps
+precision = "auto"    # auto (float16 on a GPU, float32 elsewhere) | float32 | float16 | bfloat16
 
 [server]
 host = "127.0.0.1"

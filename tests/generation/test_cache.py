@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -124,19 +125,87 @@ def test_a_prompt_is_encoded_once_per_patch_and_again_when_the_loras_change(mm):
         hook.remove()
 
 
-def test_an_fp16_model_loads_whole_in_the_devices_dtype(tmp_path):
+def test_an_fp16_model_loads_whole_in_the_configured_dtype(tmp_path):
     """transformers 5 loads a text encoder in its file's dtype unless told: an fp16 model
-    would run its CLIP in fp16 on the CPU beside an fp32 UNet (slow, and diffusers warns)."""
-    from loraworks.generation.cache import cache_for, default_device
+    would run its CLIP in fp16 beside an fp32 UNet (on a CPU slow, and diffusers warns). The
+    root pins `[compute]` so that a GPU machine runs the same check."""
+    from loraworks.generation.cache import cache_for
     from loraworks.models import ModelManager
     from tests.fixtures.models import build_pipeline
 
     folder = tmp_path / "half"
     build_pipeline("sd1", tmp_path / "work").to(dtype=torch.float16).save_pretrained(folder)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "config.toml").write_text('[compute]\ndevice = "cpu"\n')
     mm = ModelManager.open(tmp_path / "root", scan=False)
     try:
         pipe = cache_for(mm).model(mm.install(folder, name="half", type="main")).pipe
-        want = default_device()[1]
-        assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {want}
+        assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    finally:
+        mm.close()
+
+
+def test_compute_placement_follows_the_config_and_refuses_a_missing_device(monkeypatch):
+    from loraworks.generation.cache import compute_placement
+    from loraworks.generation.errors import GenerationError
+    from loraworks.models.config import ComputeSettings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_placement(ComputeSettings()) == (torch.device("cpu"), torch.float32)
+    bf16 = ComputeSettings(device="cpu", precision="bfloat16")
+    assert compute_placement(bf16) == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(GenerationError, match=r"device = 'cuda:1'.*sees 0 CUDA GPU.*\"cpu\""):
+        compute_placement(ComputeSettings(device="cuda:1"))
+    with pytest.raises(ValueError, match="device"):
+        ComputeSettings(device="gpu")  # a typo is refused when the config is read
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert compute_placement(ComputeSettings()) == (torch.device("cuda"), torch.float16)
+
+
+ON_DEVICES = [
+    ("cpu", "bfloat16"),
+    pytest.param(
+        "cuda",
+        "float16",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("device", "precision"), ON_DEVICES)
+def test_a_root_generates_on_its_device_and_restores_its_weights(tmp_path, device, precision):
+    """`[compute]` moves the whole pipeline (bf16 on the CPU; fp16 on a CUDA GPU when there is
+    one — `bench/cuda.sh` runs it there): same seed, same pixels, and after a LoRA the weights
+    come back bit for bit."""
+    from loraworks.generation.cache import cache_for
+    from loraworks.models import ModelManager
+    from tests.fixtures.models import build_pipeline
+    from tests.generation.conftest import pipeline_weights
+    from tests.generation.loras import write_lora
+
+    pipe = build_pipeline("sd1", tmp_path / "work")
+    pipe.save_pretrained(tmp_path / "tiny")
+    lora = write_lora(pipe, tmp_path / "style.safetensors", seed=5)
+    root = tmp_path / "root"
+    root.mkdir()
+    compute = f'[compute]\ndevice = "{device}"\nprecision = "{precision}"\n'
+    (root / "config.toml").write_text(compute)
+    mm = ModelManager.open(root, scan=False)
+    try:
+        main = mm.install(tmp_path / "tiny", name="tiny", type="main")
+        mm.install(lora, name="style", type="lora")
+        loaded = cache_for(mm).model(main)
+        dtype = getattr(torch, precision)
+        assert loaded.pipe.unet.dtype == loaded.pipe.text_encoder.dtype == dtype
+        assert loaded.pipe.unet.device.type == device
+        before = pipeline_weights(loaded.pipe)
+        request = tiny_request("sd1", model="tiny", loras=[{"name": "style", "weight": 0.8}])
+        first, again = (generate(request, manager=mm) for _ in range(2))
+        with Image.open(first.images[0]) as a, Image.open(again.images[0]) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        loaded.patcher.restore()
+        after = pipeline_weights(loaded.pipe)
+        assert all(torch.equal(before[k], after[k]) for k in before)
     finally:
         mm.close()
