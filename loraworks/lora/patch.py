@@ -176,6 +176,18 @@ def _is_out_of_memory(exc: RuntimeError) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text
 
 
+def _free_bytes(dev: torch.device) -> int | None:
+    """Memory a new tensor on `dev` can take. On CUDA that includes what PyTorch's caching
+    allocator holds unused (e.g. the patched weights of the last stack, freed on restore): the
+    driver counts it as taken, so its figure alone would refuse stacks that fit. None: unknown."""
+    if dev.type == "cuda":
+        unused_cache = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return torch.cuda.mem_get_info(dev)[0] + unused_cache
+    if dev.type == "cpu":
+        return psutil.virtual_memory().available
+    return None
+
+
 def _check_memory(targets: list[_Target]) -> None:
     """Refuse, before allocating anything, a stack whose patched weights cannot fit.
 
@@ -190,13 +202,8 @@ def _check_memory(targets: list[_Target]) -> None:
         biggest[dev] = max(biggest.get(dev, 0), w.numel() * 4 * 2)
     for dev, n in need.items():
         total = n + biggest[dev]
-        if dev.type == "cuda":
-            free = torch.cuda.mem_get_info(dev)[0]
-        elif dev.type == "cpu":
-            free = psutil.virtual_memory().available
-        else:
-            continue
-        if total > free:
+        free = _free_bytes(dev)
+        if free is not None and total > free:
             raise LoRAError(
                 f"patching this stack needs about {total / 2**30:.1f} GiB of {dev.type} memory "
                 f"and only {free / 2**30:.1f} GiB is free; nothing is patched"

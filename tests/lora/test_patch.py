@@ -277,3 +277,28 @@ def test_a_lora_cast_past_its_range_is_refused_on_patch():
     with pytest.raises(LoRAError, match="not be finite"):
         _apply_and_exit(c.as_mapping(), [(lora, 1.0)])
     assert_bit_exact(c, snap)
+
+
+def test_a_stack_that_cannot_fit_in_memory_is_refused_before_any_change(monkeypatch):
+    from types import SimpleNamespace
+
+    c = build_components("sd1")
+    lora = load_lora((kohya_lora(c), {}))
+    snap = snapshot(c)
+    fake = SimpleNamespace(available=1024)  # 1 KiB free
+    monkeypatch.setattr("loraworks.lora.patch.psutil.virtual_memory", lambda: fake)
+    with pytest.raises(LoRAError, match=r"needs about .* GiB of cpu memory.*nothing is patched"):
+        _apply_and_exit(c.as_mapping(), [(lora, 1.0)])
+    assert_bit_exact(c, snap)
+
+
+def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    """Freed patched weights stay in PyTorch's CUDA cache; they are free to the next stack."""
+    from loraworks.lora.patch import _free_bytes
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 5 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 3 * gib)
+    assert _free_bytes(torch.device("cuda", 0)) == 3 * gib
+    assert _free_bytes(torch.device("meta")) is None
