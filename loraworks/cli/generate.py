@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-out = Console()
-err = Console(stderr=True)
+from loraworks.cli.console import err, fail, say, warn
 
 RootOption = typer.Option(
     None, "--root", help="models root (default: $LORAWORKS_ROOT or ~/loraworks)"
@@ -23,11 +21,6 @@ RootOption = typer.Option(
 def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command()(recall)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 def _one_line(exc: Exception) -> str:
@@ -53,12 +46,12 @@ def _user_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except (GenerationCancelled, KeyboardInterrupt):
-        err.print("cancelled; no image saved for the unfinished one")
+        say("cancelled; no image saved for the unfinished one", to_err=True)
         raise typer.Exit(130) from None
     except (ValueError, OSError) as exc:  # every error a user can cause is a ValueError
-        _fail(_one_line(exc))
+        fail(_one_line(exc))
     except Exception as exc:  # a bug, still reported as one line rather than a traceback
-        _fail(f"unexpected {type(exc).__name__}: {exc}")
+        fail(f"unexpected {type(exc).__name__}: {exc}")
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
@@ -97,9 +90,9 @@ def _progress_bar() -> Iterator[Callable[[Any], None]]:
 
 def _report(result: Any) -> None:
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     for path, seed in zip(result.images, result.seeds, strict=True):
-        out.print(f"{path}  (seed {seed})", highlight=False, soft_wrap=True)
+        say(f"{path}  (seed {seed})")
 
 
 def _run_local(request: Any, root: Path | None) -> Any:
@@ -172,7 +165,7 @@ def generate(
             from loraworks.server.client import submit_and_wait
 
             for url in submit_and_wait(server, request, token=token):
-                out.print(url, highlight=False, soft_wrap=True)
+                say(url)
             return
         _report(_run_local(request, root))
 

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from loraworks.cli.console import fail, out, say
 
 if TYPE_CHECKING:
     from loraworks.models import ModelRecord
 
 models_app = typer.Typer(no_args_is_help=True, help="Installed models and the autoimport folders.")
-out = Console()
-err = Console(stderr=True)
 
 
 class TypeChoice(StrEnum):
@@ -55,7 +55,7 @@ def _manager(root: Path | None, quiet: bool = False) -> Iterator[Any]:
     try:
         mm = ModelManager.open(root)
     except (ModelError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         if not quiet:
             _print_scan(mm.last_scan)
@@ -63,42 +63,22 @@ def _manager(root: Path | None, quiet: bool = False) -> Iterator[Any]:
     except typer.Exit:
         raise
     except (ModelError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # a bug, still reported as one line rather than a traceback
-        _fail(f"unexpected {type(exc).__name__}: {exc}")
+        fail(f"unexpected {type(exc).__name__}: {exc}")
     finally:
         mm.close()
 
 
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def _print_scan(report) -> None:
     for record in report.added:
-        err.print(
-            f"added {record.type} '{record.name}' ({record.base}) from {record.path}",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        say(f"added {record.type} '{record.name}' ({record.base}) from {record.path}", to_err=True)
     for dup in report.duplicates:
-        err.print(dup.message, highlight=False, markup=False, soft_wrap=True)
+        say(dup.message, to_err=True)
     for record in report.missing:
-        err.print(
-            f"missing: '{record.name}' ({record.path} is gone)",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        say(f"missing: '{record.name}' ({record.path} is gone)", to_err=True)
     for record in report.errors:
-        err.print(
-            f"cannot use {record.path}: {record.error}",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        say(f"cannot use {record.path}: {record.error}", to_err=True)
 
 
 def _value(choice: Enum | None) -> Any:
@@ -148,7 +128,7 @@ def list_models(
         ):
             table.add_column(column, overflow="fold")
         for r in records:
-            table.add_row(
+            cells = (
                 r.name,
                 r.type,
                 _base(r),
@@ -159,8 +139,9 @@ def list_models(
                 _status(r),
                 r.key[:8],
             )
+            table.add_row(*map(Text, cells))
         out.print(table)
-        out.print(f"{len(records)} model(s) in {mm.root}", highlight=False)
+        say(f"{len(records)} model(s) in {mm.root}")
 
 
 @models_app.command()
@@ -183,9 +164,9 @@ def show(
                 continue
             if isinstance(value, list):
                 value = ", ".join(map(str, value))
-            table.add_row(field, "" if value is None else str(value))
+            table.add_row(field, Text("" if value is None else str(value)))
         for key, value in sorted(record.metadata.items()):
-            table.add_row(f"metadata.{key}", _short(str(value)))
+            table.add_row(Text(f"metadata.{key}"), Text(_short(str(value))))
         out.print(table)
 
 
@@ -209,13 +190,12 @@ def install(
         if as_json:
             _dump(record.model_dump(mode="json"))
         elif record.key in before:
-            out.print(f"already installed as '{record.name}' (same content)", highlight=False)
+            say(f"already installed as '{record.name}' (same content)")
         else:
             lcm = ", LCM" if record.is_lcm else ""
-            out.print(
+            say(
                 f"installed {record.type} '{record.name}' ({record.base}, {record.format}{lcm}) "
-                f"key {record.key}",
-                highlight=False,
+                f"key {record.key}"
             )
 
 
@@ -231,7 +211,7 @@ def remove(
     with _manager(root) as mm:
         record = mm.get(name)
         mm.remove(record.key, delete_files=False if keep_file else None)
-        out.print(f"removed '{record.name}'", highlight=False)
+        say(f"removed '{record.name}'")
 
 
 @models_app.command()
@@ -260,12 +240,12 @@ def edit(
         changes["default_weight"] = None
     with _manager(root, quiet=as_json) as mm:
         if not changes:
-            _fail("nothing to change: give --name, --triggers, --weight or --description")
+            fail("nothing to change: give --name, --triggers, --weight or --description")
         record = mm.update(mm.get(name).key, **changes)
         if as_json:
             _dump(record.model_dump(mode="json"))
         else:
-            out.print(f"updated '{record.name}'", highlight=False)
+            say(f"updated '{record.name}'")
 
 
 @models_app.command()
@@ -282,11 +262,10 @@ def scan(
             _dump(_report_json(report))
             return
         _print_scan(report)
-        out.print(
+        say(
             f"{len(report.added)} added, {len(report.updated)} updated, "
             f"{len(report.duplicates)} duplicate(s), {len(report.missing)} missing, "
-            f"{len(report.errors)} error(s), {report.unchanged} unchanged",
-            highlight=False,
+            f"{len(report.errors)} error(s), {report.unchanged} unchanged"
         )
 
 

@@ -139,6 +139,19 @@ def test_cli_install_edit_show_remove(cli, tmp_path):
     assert cli.json("list") == []
 
 
+def test_cli_prints_brackets_from_files_as_written(cli, tmp_path):
+    """Rich reads `[...]` as markup: a file's trigger words and metadata (`[/weird]`, an
+    unmatched closing tag) once made `models show` and `list` fail with a traceback."""
+    tags = json.dumps({"1_data": {"[/weird] tag": 9, "[b]bold[/b]": 3}})
+    meta = {"ss_tag_frequency": tags, "ss_dataset_dirs": '{"[/x] dir": 1}'}
+    cli("install", str(write(tmp_path / "owl.safetensors", kohya_sd1_tensors(), meta)))
+    listed = cli("list").stdout
+    assert "[/weird] tag" in listed  # the trigger word
+    shown = cli("show", "owl").stdout
+    assert '{"[/x] dir": 1}' in shown and '"[b]bold[/b]": 3' in shown
+    assert "error: no model named '[nope]'" in cli("show", "[nope]", code=1).output
+
+
 def test_standalone_vae_file(mm, tmp_path):
     from tests.fixtures.models import build_vae
     from tests.models.ldm_layout import vae_to_ldm
