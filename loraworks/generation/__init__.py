@@ -1,20 +1,30 @@
 """Generation: requests, our denoise loop, schedulers, prompt syntax, LCM presets, the model
 cache and recipes. `generate(GenerateRequest(...))` is the entry point."""
 
-from loraworks.generation.api import GenerateResult, generate, recall
-from loraworks.generation.errors import GenerationCancelled, GenerationError, PromptSyntaxError
+from loraworks.generation.api import CheckedRequest, GenerateResult, check_request, generate, recall
+from loraworks.generation.errors import (
+    GenerationCancelled,
+    GenerationError,
+    LoRANotFound,
+    PromptSyntaxError,
+    UnusableModel,
+)
 from loraworks.generation.events import StepEvent
 from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
 
 __all__ = [
+    "CheckedRequest",
     "ComponentWeights",
     "GenerateRequest",
     "GenerateResult",
     "GenerationCancelled",
     "GenerationError",
+    "LoRANotFound",
     "LoRASpec",
     "PromptSyntaxError",
     "StepEvent",
+    "UnusableModel",
+    "check_request",
     "generate",
     "recall",
 ]

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from loraworks.generation.api import check_request as generation_check
+from loraworks.generation import check_request as generation_check
 from loraworks.generation.request import GenerateRequest
 from loraworks.server.errors import ApiError
 from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
