@@ -37,13 +37,20 @@ def serve(
     """Serve the API (docs at /docs) and the web UI; new files in autoimport/ appear live."""
     import uvicorn
 
-    from loraworks.models import ModelError, ModelManager
+    from loraworks.generation.cache import compute_summary
+    from loraworks.models import ModelManager
     from loraworks.server.app import create_app
     from loraworks.server.auth import BindRefused, check_bind
 
     try:
         manager = ModelManager.open(root)
-    except ModelError as exc:
+    except ValueError as exc:  # ModelError: a broken root or config
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        compute = compute_summary(manager.config.compute)  # a missing device stops us here
+    except ValueError as exc:
+        manager.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     settings = manager.config.server
@@ -60,7 +67,7 @@ def serve(
         raise typer.Exit(1)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    typer.echo(f"loraworks serving {manager.root}")
+    typer.echo(f"loraworks serving {manager.root}; models run on {compute}")
     typer.echo(f"open {url}  (API docs: http://{shown}:{port}/docs)")
     try:
         uvicorn.run(

@@ -136,10 +136,12 @@ def demo_labels(row: Row) -> list[Label]:
 
 
 def run_demo(root: Path | None, echo: Callable[[str], None] = print, seed: int = 0) -> Path:
+    from loraworks.generation.cache import compute_summary
     from loraworks.models import ModelManager
 
     mm = ModelManager.open(root)
     echo(f"models root: {mm.root}")
+    echo(f"models run on {compute_summary(mm.config.compute)}")
     install_demo(mm)
     results = []
     for row in rows():

@@ -74,6 +74,17 @@ def compute_placement(settings: ComputeSettings) -> tuple[torch.device, torch.dt
     return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
+def compute_summary(settings: ComputeSettings) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3), float16` or `cpu, float32`: printed at start-up so a
+    user sees at once whether the GPU is used (a CPU-only torch wheel is the usual surprise)."""
+    device, dtype = compute_placement(settings)
+    where = str(device)
+    if device.type == "cuda":
+        index = device.index or 0
+        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{where}, {str(dtype).removeprefix('torch.')}"
+
+
 class ModelCache:
     def __init__(
         self,

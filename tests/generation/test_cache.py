@@ -146,12 +146,13 @@ def test_an_fp16_model_loads_whole_in_the_configured_dtype(tmp_path):
 
 
 def test_compute_placement_follows_the_config_and_refuses_a_missing_device(monkeypatch):
-    from loraworks.generation.cache import compute_placement
+    from loraworks.generation.cache import compute_placement, compute_summary
     from loraworks.generation.errors import GenerationError
     from loraworks.models.config import ComputeSettings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert compute_placement(ComputeSettings()) == (torch.device("cpu"), torch.float32)
+    assert compute_summary(ComputeSettings()) == "cpu, float32"
     bf16 = ComputeSettings(device="cpu", precision="bfloat16")
     assert compute_placement(bf16) == (torch.device("cpu"), torch.bfloat16)
     with pytest.raises(GenerationError, match=r"device = 'cuda:1'.*sees 0 CUDA GPU.*\"cpu\""):
