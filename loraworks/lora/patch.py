@@ -46,7 +46,7 @@ from torch import nn
 
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .keys import flatten, text_encoder_candidates
-from .layers import IA3Layer, Layer
+from .layers import IA3Layer, Layer, OFTLayer
 from .layers.base import shapes_fit
 from .model import COMPONENTS, LoRA
 
@@ -387,7 +387,7 @@ class LoRAPatcher:
     @staticmethod
     def _check(layer: Layer, module: nn.Module) -> str | None:
         shape = tuple(module.weight.shape)
-        if isinstance(layer, IA3Layer):
+        if isinstance(layer, IA3Layer | OFTLayer):
             return layer.check(shape)
         ds = layer.delta_shape()
         if not shapes_fit(ds, shape):

@@ -283,11 +283,25 @@ def test_unknown_and_broken_layers_name_the_keys():
         layer_from_leaves({**_lora_leaves(), "mystery": rnd(1)}, name="lora_unet_x")
     with pytest.raises(LoRAFormatError, match=r"lora_down\.weight"):
         layer_from_leaves({"lora_up.weight": rnd(3, 2)})
-    with pytest.raises(LoRAFormatError, match="OFT"):
-        layer_from_leaves({"oft_blocks": rnd(2, 2, 2)})
+    with pytest.raises(LoRAFormatError, match="BOFT"):
+        layer_from_leaves({"oft_blocks": rnd(2, 2, 2, 2)})
+    with pytest.raises(LoRAFormatError, match=r"LyCORIS 2 layout \(oft_diag\)"):
+        layer_from_leaves({"oft_diag": rnd(2, 2, 2)})
     with pytest.raises(LoRAFormatError, match="rank"):
         layer_from_leaves({"lora_up.weight": rnd(3, 2), "lora_down.weight": rnd(3, 4)})
     assert math.isfinite(layer_from_leaves(_lora_leaves()).scale)
+
+
+def test_oft_is_an_orthogonal_turn_of_each_block_of_rows():
+    """Cayley R of a skew-symmetric Q is orthogonal, so at m = 1 each block of rows keeps its
+    norms (rotated, not scaled); a block count that does not fit the weight is refused."""
+    layer = layer_from_leaves({"oft_blocks": rnd(3, 4, 4), "alpha": torch.tensor(0.0)})
+    w = rnd(12, 5)
+    turned = w + res(layer, w, 1.0)["weight"]
+    for k in range(3):
+        rows, new = w[4 * k : 4 * k + 4], turned[4 * k : 4 * k + 4]
+        torch.testing.assert_close(new.T @ new, rows.T @ rows)  # Gram matrix of the columns
+    assert "does not fit" in layer.check((10, 5)) and layer.check((12, 5)) is None
 
 
 def test_peft_lora_bias():

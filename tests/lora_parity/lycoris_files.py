@@ -50,6 +50,9 @@ LYCORIS_KINDS: dict[str, dict] = {
     # LyCORIS trains norms next to another algo; the TE block is the layer, so that its
     # LayerNorms are in (the attention and MLP linears come with it)
     "norm": dict(network_module="lora", train_norm=True, te=["CLIPEncoderLayer"]),
+    "oft": dict(network_module="diag-oft"),
+    # a constraint below the drawn blocks' norm (so the blocks are scaled down) and a rescale
+    "oft_constrained_rescaled": dict(network_module="diag-oft", constraint=1e-3, rescaled=True),
 }
 
 _STD = {"loha": 0.3, "ia3": 0.3, "full": 0.02, "lokr": 0.1}

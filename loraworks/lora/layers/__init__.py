@@ -17,6 +17,7 @@ from .loha import LoHaLayer
 from .lokr import LoKrLayer
 from .lora import LoRALayer
 from .norm import NormLayer
+from .oft import OFTLayer
 
 __all__ = [
     "LYCORIS",
@@ -29,6 +30,7 @@ __all__ = [
     "LoKrLayer",
     "LoRALayer",
     "NormLayer",
+    "OFTLayer",
     "SparseDiff",
     "layer_from_leaves",
 ]
@@ -45,13 +47,13 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
     ("lokr_w1_a", LoKrLayer),
     ("diff", FullLayer),
     ("w_norm", NormLayer),
+    ("oft_blocks", OFTLayer),
     ("ia3_l", IA3Layer),
     ("on_input", IA3Layer),
     ("weight", IA3Layer),
 )
 _UNSUPPORTED = {
-    "oft_blocks": "OFT/BOFT",
-    "oft_diag": "OFT",
+    "oft_diag": "OFT in the LyCORIS 2 layout (oft_diag)",
     "a1.weight": "GLoRA",
     "b1.weight": "GLoRA",
 }
