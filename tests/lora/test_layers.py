@@ -283,8 +283,10 @@ def test_unknown_and_broken_layers_name_the_keys():
         layer_from_leaves({**_lora_leaves(), "mystery": rnd(1)}, name="lora_unet_x")
     with pytest.raises(LoRAFormatError, match=r"lora_down\.weight"):
         layer_from_leaves({"lora_up.weight": rnd(3, 2)})
-    with pytest.raises(LoRAFormatError, match="BOFT"):
-        layer_from_leaves({"oft_blocks": rnd(2, 2, 2, 2)})
+    with pytest.raises(LoRAFormatError, match="BOFT oft_blocks must be"):
+        layer_from_leaves({"oft_blocks": rnd(1, 2, 3, 3)})  # odd blocks cannot pair rows
+    with pytest.raises(LoRAFormatError, match="3 butterfly stages do not fit 2 blocks"):
+        layer_from_leaves({"oft_blocks": rnd(3, 2, 2, 2)})
     with pytest.raises(LoRAFormatError, match=r"LyCORIS 2 layout \(oft_diag\)"):
         layer_from_leaves({"oft_diag": rnd(2, 2, 2)})
     with pytest.raises(LoRAFormatError, match="rank"):

@@ -53,6 +53,10 @@ LYCORIS_KINDS: dict[str, dict] = {
     "oft": dict(network_module="diag-oft"),
     # a constraint below the drawn blocks' norm (so the blocks are scaled down) and a rescale
     "oft_constrained_rescaled": dict(network_module="diag-oft", constraint=1e-3, rescaled=True),
+    "boft": dict(network_module="boft", lora_dim=12),  # 12 = even block for 768 and 1280
+    "boft_constrained_rescaled": dict(
+        network_module="boft", lora_dim=12, constraint=1e-3, rescaled=True
+    ),
 }
 
 _STD = {"loha": 0.3, "ia3": 0.3, "full": 0.02, "lokr": 0.1}

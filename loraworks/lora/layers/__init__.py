@@ -17,10 +17,11 @@ from .loha import LoHaLayer
 from .lokr import LoKrLayer
 from .lora import LoRALayer
 from .norm import NormLayer
-from .oft import OFTLayer
+from .oft import BOFTLayer, OFTLayer
 
 __all__ = [
     "LYCORIS",
+    "BOFTLayer",
     "Convention",
     "DoRALayer",
     "FullLayer",
