@@ -41,8 +41,7 @@ class OFTLayer(Layer):
     linear = False
 
     def __init__(self, blocks: Tensor, constraint: float, rescale: Tensor | None = None):
-        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
-            raise LoRAFormatError(f"oft_blocks must be [n, b, b], got {tuple(blocks.shape)}")
+        self._check_blocks(blocks)
         self.blocks = blocks
         self.constraint = constraint
         self.rescale = rescale
@@ -50,6 +49,11 @@ class OFTLayer(Layer):
             raise LoRAFormatError(
                 f"rescale of {rescale.numel()} values does not fit {self.out_features()} rows"
             )
+
+    @staticmethod
+    def _check_blocks(blocks: Tensor) -> None:
+        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+            raise LoRAFormatError(f"oft_blocks must be [n, b, b], got {tuple(blocks.shape)}")
 
     @classmethod
     def from_state_dict(cls, leaves, convention: Convention):
@@ -109,20 +113,14 @@ class OFTLayer(Layer):
 class BOFTLayer(OFTLayer):
     kind = "boft"
 
-    def __init__(self, blocks: Tensor, constraint: float, rescale: Tensor | None = None):
+    @staticmethod
+    def _check_blocks(blocks: Tensor) -> None:
         if blocks.dim() != 4 or blocks.shape[2] != blocks.shape[3] or blocks.shape[2] % 2:
             shape = tuple(blocks.shape)
             raise LoRAFormatError(f"BOFT oft_blocks must be [s, n, b, b], b even; got {shape}")
         stages, n, b = (int(x) for x in blocks.shape[:3])
         if stages < 1 or (n * b) % (2 ** (stages - 1) * b):  # stage i mixes groups of 2^i·b
             raise LoRAFormatError(f"{stages} butterfly stages do not fit {n} blocks of {b} rows")
-        self.blocks = blocks
-        self.constraint = constraint
-        self.rescale = rescale
-        if rescale is not None and rescale.numel() != self.out_features():
-            raise LoRAFormatError(
-                f"rescale of {rescale.numel()} values does not fit {self.out_features()} rows"
-            )
 
     def residuals(self, params, strength):
         w = params["weight"]
