@@ -14,6 +14,7 @@ inv=()
 [ -n "${INVOKEAI_PATH:-}" ] && inv=(--invokeai-path "$INVOKEAI_PATH")
 $py bench/lora_apply.py --device cuda --size full --repeats 5 "${inv[@]}" --write-docs 2>&1 \
     | tee "$out/lora_apply.txt"
+$py bench/lora_phases.py --device cuda 2>&1 | tee "$out/lora_phases.txt"
 $py bench/lcm_speed.py --device cuda --size full --breakdown --repeats 10 2>&1 \
     | tee "$out/lcm_breakdown.txt"
 $py bench/lcm_speed.py --device cuda --size full --repeats 7 2>&1 | tee "$out/lcm_speed.txt"
