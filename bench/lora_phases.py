@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from lora_apply import make_lora_file  # noqa: E402
 
 from loraworks.lora import LoRAPatcher  # noqa: E402
-from loraworks.lora.load import _convert, build, read_file  # noqa: E402
+from loraworks.lora.load import build, convert_keys, read_file  # noqa: E402
 from tests.fixtures.models import build_pipeline  # noqa: E402
 
 PHASES = ("read", "convert", "build", "to device", "set", "restore")
@@ -52,7 +52,7 @@ def phases(pipe, path: Path, device: str) -> dict[str, float]:
 
     sd, metadata = read_file(path)
     lap("read")
-    converted = _convert(sd, metadata, None)
+    converted = convert_keys(sd, metadata, None)
     lap("convert")
     lora = build(converted, metadata, name=path.stem)
     lap("build")

@@ -161,10 +161,10 @@ def load_lora(
     src_name: str | None = None
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], dict):
         sd, metadata = dict(source[0]), dict(source[1] or {})
-        conv = _convert(sd, metadata, peft_configs=None)
+        conv = convert_keys(sd, metadata, peft_configs=None)
     elif isinstance(source, dict):
         sd = dict(source)
-        conv = _convert(sd, {}, peft_configs=None)
+        conv = convert_keys(sd, {}, peft_configs=None)
     else:
         p = Path(source)
         src_name = p.name
@@ -175,7 +175,7 @@ def load_lora(
         else:
             sd, metadata = read_file(p)
             cfg = _read_config(p.parent) if p.name in PEFT_WEIGHT_NAMES else None
-            conv = _convert(sd, metadata, peft_configs={None: cfg} if cfg else None)
+            conv = convert_keys(sd, metadata, peft_configs={None: cfg} if cfg else None)
     if name is None and src_name is not None:
         name = Path(src_name).stem if Path(src_name).suffix else src_name
     return build(
@@ -187,11 +187,11 @@ def _load_folder(p: Path) -> tuple[Converted, dict[str, str]]:
     w = _weights_in(p, DIFFUSERS_WEIGHT_NAMES)
     if w is not None:
         sd, md = read_file(w)
-        return _convert(sd, md, peft_configs=None), md
+        return convert_keys(sd, md, peft_configs=None), md
     w = _weights_in(p, PEFT_WEIGHT_NAMES)
     if w is not None:
         sd, md = read_file(w)
-        return _convert(sd, md, peft_configs={None: _read_config(p)}), md
+        return convert_keys(sd, md, peft_configs={None: _read_config(p)}), md
     parts: dict[str, tuple[dict, dict | None]] = {}
     md_all: dict[str, str] = {}
     for comp in _COMPONENT_DIRS:
@@ -209,7 +209,8 @@ def _load_folder(p: Path) -> tuple[Converted, dict[str, str]]:
     return peft.convert_components(parts), md_all
 
 
-def _convert(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
+def convert_keys(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
+    """The one key-family converter that recognises `sd` (PEFT, kohya/LyCORIS, diffusers)."""
     if not sd:
         raise LoRAFormatError("the file holds no tensors")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
