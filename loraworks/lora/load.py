@@ -239,20 +239,19 @@ def _max_abs(groups: dict[str, dict[str, torch.Tensor]]) -> dict[tuple[str, str]
     tensor. The layers keep the numbers for their overflow bound, so patching never reads their
     tensors again for it (on a GPU that was two syncs per layer).
     """
-    keys: list[tuple[str, str]] = []
-    ends: list[torch.Tensor] = []
+    by_device: dict[torch.device, tuple[list[tuple[str, str]], list[torch.Tensor]]] = {}
     for target, leaves in groups.items():
         for leaf, t in leaves.items():
             if t.is_floating_point() and t.numel():
+                keys, ends = by_device.setdefault(t.device, ([], []))
                 keys.append((target, leaf))
                 ends.extend(torch.aminmax(t.reshape(-1)))
-    if not keys:
-        return {}
-    flat = torch.stack(ends).tolist()
-    return {
-        k: max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.nan
-        for k, lo, hi in zip(keys, flat[0::2], flat[1::2], strict=True)
-    }
+    out: dict[tuple[str, str], float] = {}
+    for keys, ends in by_device.values():  # one round trip per device (a state dict may mix)
+        flat = torch.stack(ends).tolist()
+        for k, lo, hi in zip(keys, flat[0::2], flat[1::2], strict=True):
+            out[k] = max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.nan
+    return out
 
 
 def build(
