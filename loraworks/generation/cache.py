@@ -133,14 +133,15 @@ class ModelCache:
                 victim.lock.release()
 
     def lora(self, record: ModelRecord) -> LoRA:
-        """The parsed LoRA for `record`, read from disk once per content hash."""
+        """The parsed LoRA for `record`, read from disk once per content hash. Kept in host
+        memory: the patcher copies each layer to the model's device as it applies it, so the
+        GPU holds no cached LoRA (`max_loras` SDXL LoRAs of a few hundred MB each would
+        otherwise fill it); a switch pays the copy of the new stack's tensors only."""
         key = (record.key, record.hash)
         with self._lock:
             lora = self._loras.get(key)
             if lora is None:
                 lora = load_lora(Path(record.path), name=record.name)
-                if self.device.type != "cpu":
-                    lora.to(self.device)
                 self._loras[key] = lora
                 while len(self._loras) > max(self.max_loras, 1):
                     self._loras.popitem(last=False)

@@ -77,6 +77,16 @@ def test_loras_are_parsed_once_per_hash(mm):
     assert cache.lora(changed) is not cache.lora(record)
 
 
+def test_cached_loras_stay_in_host_memory_whatever_the_device(mm):
+    """A GPU cache holds no parsed LoRA on the GPU (32 cached SDXL LoRAs would fill it): the
+    patcher copies each layer over as it applies it. (`cuda` here need not exist: the cache
+    must not touch it for a LoRA.)"""
+    cache = ModelCache(lambda record: None, 1.0, max_loras=4, device=torch.device("cuda"))
+    lora = cache.lora(mm.get("sd1-c", type="lora"))
+    devices = {t.device.type for layer in lora.layers.values() for t in layer.tensors().values()}
+    assert devices == {"cpu"}
+
+
 def test_concurrent_generations_with_different_loras_do_not_mix(mm):
     requests = [
         tiny_request("sd1", loras=[{"name": "sd1-a", "weight": 1.0}]),
