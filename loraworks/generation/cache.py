@@ -85,6 +85,19 @@ def compute_summary(settings: ComputeSettings) -> str:
     return f"{where}, {str(dtype).removeprefix('torch.')}"
 
 
+def device_residents(sizes: list[tuple[object, int]], budget: int) -> set[object]:
+    """Which LoRAs to keep on the device: `sizes` is (key, bytes), most recently used first;
+    as many as fit in `budget` bytes, in that order (the first that does not fit ends it)."""
+    kept: set[object] = set()
+    used = 0
+    for key, size in sizes:
+        if used + size > budget:
+            break
+        kept.add(key)
+        used += size
+    return kept
+
+
 class ModelCache:
     def __init__(
         self,
@@ -92,11 +105,13 @@ class ModelCache:
         ram_budget_gb: float,
         max_loras: int,
         device: torch.device = torch.device("cpu"),
+        lora_device_gb: float = 0.0,
     ):
         self._load_main = load_main
         self.budget = int(ram_budget_gb * GIB)
         self.max_loras = max_loras
         self.device = device
+        self.lora_device_budget = int(lora_device_gb * GIB)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loras: OrderedDict[tuple[str, str | None], LoRA] = OrderedDict()
         self._lock = threading.Lock()
@@ -133,10 +148,12 @@ class ModelCache:
                 victim.lock.release()
 
     def lora(self, record: ModelRecord) -> LoRA:
-        """The parsed LoRA for `record`, read from disk once per content hash. Kept in host
-        memory: the patcher copies each layer to the model's device as it applies it, so the
-        GPU holds no cached LoRA (`max_loras` SDXL LoRAs of a few hundred MB each would
-        otherwise fill it); a switch pays the copy of the new stack's tensors only."""
+        """The parsed LoRA for `record`, read from disk once per content hash.
+
+        On a GPU the most recently used LoRAs, up to `lora_device_gb`, are kept there too, so
+        switching among them copies nothing; the others stay in host memory and the patcher
+        copies each layer over as it applies it (all `max_loras` on the GPU could fill it:
+        SDXL LoRAs weigh hundreds of MB)."""
         key = (record.key, record.hash)
         with self._lock:
             lora = self._loras.get(key)
@@ -146,7 +163,19 @@ class ModelCache:
                 while len(self._loras) > max(self.max_loras, 1):
                     self._loras.popitem(last=False)
             self._loras.move_to_end(key)
+            if self.device.type != "cpu":
+                self._place_loras()
             return lora
+
+    def _place_loras(self) -> None:
+        newest_first = list(reversed(self._loras.items()))
+        sizes = [(key, lora.nbytes()) for key, lora in newest_first]
+        resident = device_residents(sizes, self.lora_device_budget)
+        for key, lora in newest_first:
+            want = self.device if key in resident else torch.device("cpu")
+            now = lora.device
+            if (now.type, now.index or 0) != (want.type, want.index or 0):
+                lora.to(want)
 
 
 _CACHES: dict[Path, ModelCache] = {}
@@ -168,6 +197,7 @@ def cache_for(manager: ModelManager) -> ModelCache:
                 cfg.ram_budget_gb,
                 cfg.max_loras,
                 device,
+                cfg.lora_gpu_gb,
             )
             _CACHES[root] = cache
         return cache

@@ -55,6 +55,14 @@ class LoRA:
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers.values())
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are (`to` moves them all together; CPU for an empty LoRA)."""
+        for layer in self.layers.values():
+            for t in layer.all_tensors().values():
+                return t.device
+        return torch.device("cpu")
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> LoRA:
         """Move every tensor (e.g. to the GPU once, so each apply skips the copy)."""
         cap = torch.finfo(dtype).max if dtype is not None and dtype.is_floating_point else None

@@ -38,6 +38,7 @@ class LCMPreset(_Section):
 class CacheSettings(_Section):
     ram_budget_gb: float = Field(8.0, gt=0)
     max_loras: int = Field(32, ge=0)
+    lora_gpu_gb: float = Field(1.0, ge=0)
 
 
 class ComputeSettings(_Section):
@@ -89,6 +90,8 @@ other_lora_weight = 0.45
 [cache]
 ram_budget_gb = 8.0   # main models kept loaded (LRU) while their size fits
 max_loras = 32        # parsed LoRAs kept in memory
+lora_gpu_gb = 1.0     # of those, the most recently used also kept on the GPU (the rest are
+                      #   copied over when applied)
 
 [compute]             # read when the first model loads; restart the server after a change
 device = "auto"       # auto (a CUDA GPU when torch sees one, else CPU) | cpu | cuda | cuda:1 | mps

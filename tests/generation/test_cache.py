@@ -77,10 +77,16 @@ def test_loras_are_parsed_once_per_hash(mm):
     assert cache.lora(changed) is not cache.lora(record)
 
 
-def test_cached_loras_stay_in_host_memory_whatever_the_device(mm):
-    """A GPU cache holds no parsed LoRA on the GPU (32 cached SDXL LoRAs would fill it): the
-    patcher copies each layer over as it applies it. (`cuda` here need not exist: the cache
-    must not touch it for a LoRA.)"""
+def test_only_the_newest_loras_that_fit_the_budget_stay_on_the_device(mm):
+    """A GPU cache keeps the most recently used LoRAs there up to `lora_gpu_gb`, the rest in
+    host memory (32 cached SDXL LoRAs would fill a GPU). With no budget nothing moves: `cuda`
+    here need not exist, the cache must not touch it for a LoRA."""
+    from loraworks.generation.cache import device_residents
+
+    assert device_residents([("new", 40), ("mid", 50), ("old", 20)], 100) == {"new", "mid"}
+    # strictly newest first: a small old one does not jump a big newer one that did not fit
+    assert device_residents([("new", 40), ("big", 70), ("small", 5)], 100) == {"new"}
+    assert device_residents([("new", 40)], 39) == set()
     cache = ModelCache(lambda record: None, 1.0, max_loras=4, device=torch.device("cuda"))
     lora = cache.lora(mm.get("sd1-c", type="lora"))
     devices = {t.device.type for layer in lora.layers.values() for t in layer.tensors().values()}
