@@ -8,6 +8,7 @@ A lock per model serialises generations on it (the server's worker, tests, the C
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
 from loraworks.lora import LoRA, LoRAPatcher, load_lora
+from loraworks.lora.patch import free_bytes
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.config import ComputeSettings
 
@@ -118,34 +120,56 @@ class ModelCache:
         self.loads = 0  # main-model loads so far (tests and benches read it)
 
     def model(self, record: ModelRecord) -> LoadedModel:
-        """The loaded pipeline for `record` (loading it, and evicting others, when needed)."""
+        """The loaded pipeline for `record` (loading it, and evicting others, when needed).
+
+        The pipeline is read into host memory first; room is made (idle models evicted, least
+        recently used first) before it moves to the device, so a GPU never holds the old
+        models and the new one at once. Not enough device memory even then → GenerationError,
+        and nothing is cached."""
         with self._lock:
             loaded = self._models.get(record.key)
             if loaded is not None and loaded.hash == record.hash:
                 self._models.move_to_end(record.key)
                 return loaded
-            pipe = self._load_main(record).to(self.device)
+            pipe = self._load_main(record)
+            size = pipeline_bytes(pipe)
+            self._make_room(size, loading=record.key)
+            try:
+                pipe = pipe.to(self.device)
+            except torch.OutOfMemoryError:
+                raise GenerationError(
+                    f"not enough {self.device} memory to load '{record.name}' "
+                    f"({size / GIB:.1f} GiB) beside the models in use; set [compute] device = "
+                    '"cpu" or use a smaller model'
+                ) from None
             self.loads += 1
-            loaded = LoadedModel(
-                record.key, record.hash, pipe, LoRAPatcher(pipe), pipeline_bytes(pipe)
-            )
+            loaded = LoadedModel(record.key, record.hash, pipe, LoRAPatcher(pipe), size)
             self._models[record.key] = loaded
-            self._evict(keep=record.key)
             return loaded
 
-    def _evict(self, keep: str) -> None:
-        """Drop least-recently-used idle models while over budget (a model in use stays)."""
-        for key in list(self._models):
-            if sum(m.nbytes for m in self._models.values()) <= self.budget:
+    def _fits(self, size: int) -> bool:
+        if sum(m.nbytes for m in self._models.values()) + size > self.budget:
+            return False
+        free = free_bytes(self.device) if self.device.type == "cuda" else None
+        return free is None or size <= free
+
+    def _make_room(self, size: int, loading: str) -> None:
+        """Drop least-recently-used idle models until `size` more bytes fit the budget (and,
+        on CUDA, the device's free memory). A model in use stays; an older version of the
+        one being loaded goes first."""
+        for key in sorted(self._models, key=lambda k: k != loading):
+            if self._fits(size):
                 return
-            victim = self._models[key]
-            if key == keep or not victim.lock.acquire(blocking=False):
+            lock = self._models[key].lock
+            if not lock.acquire(blocking=False):
                 continue
             try:
-                victim.patcher.restore()
+                self._models[key].patcher.restore()
                 del self._models[key]
             finally:
-                victim.lock.release()
+                lock.release()
+            if self.device.type == "cuda":
+                gc.collect()  # pipelines hold reference cycles; free the memory before measuring
 
     def lora(self, record: ModelRecord) -> LoRA:
         """The parsed LoRA for `record`, read from disk once per content hash.

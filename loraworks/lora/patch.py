@@ -176,7 +176,7 @@ def _is_out_of_memory(exc: RuntimeError) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text
 
 
-def _free_bytes(dev: torch.device) -> int | None:
+def free_bytes(dev: torch.device) -> int | None:
     """Memory a new tensor on `dev` can take. On CUDA that includes what PyTorch's caching
     allocator holds unused (e.g. the patched weights of the last stack, freed on restore): the
     driver counts it as taken, so its figure alone would refuse stacks that fit. None: unknown."""
@@ -202,7 +202,7 @@ def _check_memory(targets: list[_Target]) -> None:
         biggest[dev] = max(biggest.get(dev, 0), w.numel() * 4 * 2)
     for dev, n in need.items():
         total = n + biggest[dev]
-        free = _free_bytes(dev)
+        free = free_bytes(dev)
         if free is not None and total > free:
             raise LoRAError(
                 f"patching this stack needs about {total / 2**30:.1f} GiB of {dev.type} memory "

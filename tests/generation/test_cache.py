@@ -60,6 +60,35 @@ def test_a_model_in_use_is_not_evicted():
     assert loaded == ["a", "b"]
 
 
+def test_room_is_made_before_a_model_moves_to_the_device():
+    """On a GPU the old models and the new one must never sit there together: eviction
+    happens while the new pipeline is still in host memory. A device that cannot take it even
+    then is a GenerationError that caches nothing."""
+    from loraworks.generation.errors import GenerationError
+
+    resident_at_move: list[int] = []
+
+    class _Pipe(_FakePipe):
+        def to(self, _device):
+            resident_at_move.append(len(cache._models))
+            return self
+
+    cache = ModelCache(lambda record: _Pipe(1000), 1000 * 4 / GIB, max_loras=2)  # room for one
+    a, b = fake_record("a", "main"), fake_record("b", "main")
+    cache.model(a)
+    cache.model(b)
+    assert resident_at_move == [0, 0]  # a was evicted before b moved
+
+    class _TooBig(_FakePipe):
+        def to(self, _device):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    huge = ModelCache(lambda record: _TooBig(1000), 1.0, max_loras=2)
+    with pytest.raises(GenerationError, match="not enough cpu memory to load 'a'"):
+        huge.model(a)
+    assert huge.loads == 0 and not huge._models
+
+
 def test_a_changed_file_is_reloaded():
     cache, loaded = _cache(budget_weights=10_000)
     cache.model(fake_record("a", "main", hash="1"))

@@ -294,11 +294,11 @@ def test_a_stack_that_cannot_fit_in_memory_is_refused_before_any_change(monkeypa
 
 def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
     """Freed patched weights stay in PyTorch's CUDA cache; they are free to the next stack."""
-    from loraworks.lora.patch import _free_bytes
+    from loraworks.lora.patch import free_bytes
 
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (1 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 5 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 3 * gib)
-    assert _free_bytes(torch.device("cuda", 0)) == 3 * gib
-    assert _free_bytes(torch.device("meta")) is None
+    assert free_bytes(torch.device("cuda", 0)) == 3 * gib
+    assert free_bytes(torch.device("meta")) is None
