@@ -1,5 +1,12 @@
-"""A1111 prompt syntax for LoRAs: `<lora:name>`, `<lora:name:weight>` and
-`<lora:name:te_weight:unet_weight>`. Tags are cut out of the text the encoder sees."""
+"""A1111 prompt syntax for LoRAs: `<lora:name>`, `<lora:name:weight>`,
+`<lora:name:te_weight:unet_weight>` and the named form `<lora:name:unet=0.8:te=0.5>`; `<lyco:…>`
+(the LyCORIS extension's tag, still in many shared prompts) means the same. Tags are cut out of
+the text the encoder sees.
+
+Weights follow A1111 (`extra_networks_lora.py`): te = `te=` or the first number; unet = `unet=`,
+else the second number, else te; te is 1 when only `unet=` is given. A tag with no number is
+the record's default weight (our rule for a LoRA picked without one). `dyn=` (a rank cut-off
+for dynamic LoRAs) is refused by name: the engine has no such cut-off."""
 
 from __future__ import annotations
 
@@ -10,9 +17,10 @@ from dataclasses import dataclass
 from loraworks.generation.errors import PromptSyntaxError
 from loraworks.generation.request import ComponentWeights, LoRASpec
 
-_OPEN = "<lora:"
+_OPEN = re.compile(r"<(lora|lyco):")
 _SPACES = re.compile(r"\s+")
 _DANGLING_COMMAS = re.compile(r"^[\s,]+|[\s,]+$|(?<=,)[\s,]*,")
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
 
 
 @dataclass(frozen=True)
@@ -31,19 +39,32 @@ def _number(token: str, tag: str) -> float:
     return value
 
 
-def _spec(body: str) -> LoRASpec:
-    tag = f"{_OPEN}{body}>"
-    name, *weights = (part.strip() for part in body.split(":"))
+def _spec(body: str, opener: str = "<lora:") -> LoRASpec:
+    tag = f"{opener}{body}>"
+    name, *parts = (part.strip() for part in body.split(":"))
     if not name:
         raise PromptSyntaxError(f"{tag}: missing LoRA name (write <lora:name:0.8>)")
-    if len(weights) > 2:
+    named: dict[str, float] = {}
+    positional: list[float] = []
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq:
+            positional.append(_number(part, tag))
+            continue
+        key = key.strip()
+        if key == "dyn":
+            raise PromptSyntaxError(f"{tag}: dyn= (a dynamic-rank cut-off) is not supported")
+        if key not in ("te", "unet") or key in named:
+            raise PromptSyntaxError(f"{tag}: unknown or repeated {key}= (use te= and unet=)")
+        named[key] = _number(value.strip(), tag)
+    if len(positional) > 2:
         raise PromptSyntaxError(f"{tag}: at most two weights (<lora:name:te_weight:unet_weight>)")
-    numbers = [_number(w, tag) for w in weights]
-    if not numbers:
+    if not positional and not named:
         return LoRASpec(name=name)
-    if len(numbers) == 1:
-        return LoRASpec(name=name, weight=numbers[0])
-    te, unet = numbers
+    te = named.get("te", positional[0] if positional else 1.0)
+    unet = named.get("unet", positional[1] if len(positional) > 1 else te)
+    if te == unet:
+        return LoRASpec(name=name, weight=te)
     return LoRASpec(
         name=name, weight=ComponentWeights(unet=unet, text_encoder=te, text_encoder_2=te)
     )
@@ -54,19 +75,20 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     pieces: list[str] = []
     loras: list[LoRASpec] = []
     pos = 0
-    while (start := prompt.find(_OPEN, pos)) != -1:
+    while (match := _OPEN.search(prompt, pos)) is not None:
+        start = match.start()
         end = prompt.find(">", start)
         nested = prompt.find("<", start + 1)
         if end == -1 or (nested != -1 and nested < end):
             snippet = prompt[start : start + 40]
             raise PromptSyntaxError(f"unclosed tag {snippet!r}: add '>' after the weight")
         pieces.append(prompt[pos:start])
-        loras.append(_spec(prompt[start + len(_OPEN) : end]))
+        loras.append(_spec(prompt[match.end() : end], match.group(0)))
         pos = end + 1
     pieces.append(prompt[pos:])
     text = _SPACES.sub(" ", " ".join(pieces))
-    if loras:
-        text = _DANGLING_COMMAS.sub("", text)
+    if loras:  # "a cat <lora:x:1>, b" leaves "a cat , b"
+        text = _DANGLING_COMMAS.sub("", _SPACE_BEFORE_COMMA.sub(",", text))
     return ParsedPrompt(text=text.strip(), loras=loras)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from loraworks.generation import ComponentWeights, LoRASpec, PromptSyntaxError
@@ -19,6 +21,26 @@ def test_tags_are_parsed_in_order_and_removed_from_the_text():
             weight=ComponentWeights(unet=1.25, text_encoder=0.5, text_encoder_2=0.5),
         ),
     ]
+
+
+def both(te: float, unet: float) -> ComponentWeights:
+    return ComponentWeights(unet=unet, text_encoder=te, text_encoder_2=te)
+
+
+@pytest.mark.parametrize(
+    ("tag", "weight"),
+    [  # A1111's extra_networks_lora.py: te = te= or 1st; unet = unet=, else 2nd, else te
+        ("<lyco:ink:0.6>", 0.6),  # the LyCORIS extension's tag, in many shared prompts
+        ("<lora:ink:unet=0.3:te=0.8>", both(0.8, 0.3)),
+        ("<lora:ink:0.5:unet=0.2>", both(0.5, 0.2)),
+        ("<lora:ink:te=0.5>", 0.5),
+        ("<lora:ink:unet=0.4>", both(1.0, 0.4)),  # te is 1 when only unet= is given
+        ("<lyco:ink:0.7:0.7>", 0.7),
+    ],
+)
+def test_a1111_named_weights_and_lyco_tags(tag, weight):
+    parsed = parse_prompt(f"a cat {tag}, b")
+    assert parsed.loras == [LoRASpec(name="ink", weight=weight)] and parsed.text == "a cat, b"
 
 
 @pytest.mark.parametrize(
@@ -49,8 +71,13 @@ def test_weights_may_be_negative_or_integers():
         ("a <lora:ink <lora:pop:1>", "unclosed tag"),
         ("a <lora::0.8>", "missing LoRA name"),
         ("a <lora:ink:1:1:1>", "at most two weights"),
+        ("a <lora:ink:dyn=16>", "dyn= (a dynamic-rank cut-off) is not supported"),
+        ("a <lora:ink:clip=1>", "unknown or repeated clip= (use te= and unet=)"),
+        ("a <lora:ink:te=1:te=2>", "unknown or repeated te="),
+        ("a <lyco:ink:unet=soft>", "<lyco:ink:unet=soft>: weight 'soft' is not a number"),
+        ("a <lyco:ink:0.5", "unclosed tag '<lyco:ink:0.5'"),
     ],
 )
 def test_bad_tags_raise_clear_errors(prompt, message):
-    with pytest.raises(PromptSyntaxError, match=message.replace("(", r"\(")):
+    with pytest.raises(PromptSyntaxError, match=re.escape(message)):
         parse_prompt(prompt)
