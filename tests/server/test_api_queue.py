@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from fastapi.testclient import TestClient
 
 from loraworks.server import create_app
@@ -186,3 +187,5 @@ def test_settings_give_the_ui_its_defaults_and_the_lcm_preset(client):
     }
     assert {"euler", "lcm", "dpmpp_2m_karras"} <= set(settings["schedulers"])
     assert settings["generation"]["lora_weight"] == 0.75
+    if not torch.cuda.is_available():
+        assert settings["compute"] == "cpu, float32"

@@ -71,6 +71,7 @@ async function loadSettings() {
   $("#height").placeholder = gen.height || "native";
   $("#steps").placeholder = gen.steps;
   $("#cfg").placeholder = gen.cfg;
+  $("#compute").textContent = `runs on ${state.settings.compute}`;
 }
 
 async function loadModels() {
