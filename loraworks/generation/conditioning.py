@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from loraworks.generation.emphasis import has_emphasis, parse_emphasis
 from loraworks.generation.placement import placement
 
 
@@ -41,11 +42,39 @@ def _truncated_text(tokenizer: Any, text: str) -> str | None:
     return tokenizer.decode(ids[limit - 1 : -1])
 
 
+def _weighted_tokens(tokenizer: Any, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids [1, max_length] as the tokenizer pads them, and a weight per token (None when
+    `text` has no emphasis: then the ids are the tokenizer's own, exactly)."""
+    length = tokenizer.model_max_length
+    if not has_emphasis(text):
+        return _tokens(tokenizer, text, length), None
+    ids: list[int] = []
+    weights: list[float] = []
+    for fragment, weight in parse_emphasis(text):
+        piece = tokenizer(fragment, add_special_tokens=False).input_ids
+        ids += piece
+        weights += [weight] * len(piece)
+    ids, weights = ids[: length - 2], weights[: length - 2]
+    pad = length - 2 - len(ids)
+    full = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id, *[tokenizer.pad_token_id] * pad]
+    return torch.tensor([full]), torch.tensor([1.0, *weights, 1.0, *[1.0] * pad])
+
+
+def _emphasised(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """A1111's "Original" emphasis: each token's state × its weight, then the whole rescaled
+    to its former mean."""
+    if weights is None:
+        return hidden
+    before = hidden.float().mean()
+    scaled = hidden.float() * weights.to(hidden.device)[None, :, None]
+    return (scaled * (before / scaled.mean())).to(hidden.dtype)
+
+
 @torch.no_grad()
 def _encode_sd(pipe: Any, text: str) -> torch.Tensor:
     te = pipe.text_encoder
-    ids = _tokens(pipe.tokenizer, text, pipe.tokenizer.model_max_length)
-    return te(ids.to(placement(te)[0]))[0]
+    ids, weights = _weighted_tokens(pipe.tokenizer, text)
+    return _emphasised(te(ids.to(placement(te)[0]))[0], weights)
 
 
 @torch.no_grad()
@@ -55,13 +84,11 @@ def _encode_sdxl(pipe: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         (pipe.tokenizer, pipe.text_encoder),
         (pipe.tokenizer_2, pipe.text_encoder_2),
     ):
-        out = te(
-            _tokens(tokenizer, text, tokenizer.model_max_length).to(placement(te)[0]),
-            output_hidden_states=True,
-        )
+        ids, weights = _weighted_tokens(tokenizer, text)
+        out = te(ids.to(placement(te)[0]), output_hidden_states=True)
         if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # not emphasised, as in A1111
+        hidden.append(_emphasised(out.hidden_states[-2], weights))
     assert pooled is not None, "SDXL text_encoder_2 must be a CLIPTextModelWithProjection"
     return torch.cat(hidden, dim=-1), pooled
 
@@ -72,7 +99,8 @@ def encode_prompt(
     """Conditioning for one image. SDXL with no negative prompt uses zeros for the
     unconditional embeds, as diffusers does (`force_zeros_for_empty_prompt`)."""
     device, dtype = placement(pipe.unet)
-    truncated = [t for t in [_truncated_text(pipe.tokenizer, prompt)] if t]
+    seen = "".join(fragment for fragment, _ in parse_emphasis(prompt))  # what CLIP reads
+    truncated = [t for t in [_truncated_text(pipe.tokenizer, seen)] if t]
     if not is_sdxl(pipe):
         embeds = _encode_sd(pipe, prompt)
         if guided:

@@ -1,0 +1,69 @@
+"""A1111 emphasis: the parser against A1111's own documented examples, and the encoding
+against the plain encoder output scaled by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraworks.generation.conditioning import encode_prompt
+from loraworks.generation.emphasis import parse_emphasis
+
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [  # the examples in the docstring of A1111's `prompt_parser.parse_prompt_attention`
+        ("normal text", [("normal text", 1.0)]),
+        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+        ("(unbalanced", [("unbalanced", 1.1)]),
+        (r"\(literal\]", [("(literal]", 1.0)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        (
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+            [
+                ("a ", 1.0),
+                ("house", 1.1 * 1.1 * 1.3),
+                (" ", 1.1),
+                ("on", 1.0),
+                (" a ", 1.1),
+                ("hill", 0.55),
+                (", sun, ", 1.1),
+                ("sky", 1.1**4),
+                (".", 1.1),
+            ],
+        ),
+    ],
+)
+def test_parser_matches_a1111(text, runs):
+    got = parse_emphasis(text)
+    assert [f for f, _ in got] == [f for f, _ in runs]
+    assert [w for _, w in got] == pytest.approx([w for _, w in runs])
+
+
+def _embeds(pipe, prompt: str) -> torch.Tensor:
+    return encode_prompt(pipe, prompt, None, False, 64, 64).embeds
+
+
+@pytest.mark.parametrize("base", ["sd1", "sd2", "sdxl"])
+def test_weight_one_is_the_plain_prompt_and_a_weight_scales_its_tokens(pipes, base):
+    pipe = pipes[base]
+    plain = _embeds(pipe, "a cat and a dog")
+    # weight 1 everywhere: the hand-built token row must be the tokenizer's own, exactly
+    assert torch.equal(_embeds(pipe, "a (cat:1.0) and a dog"), plain)
+    # "cat" follows the start token and "a": its tokens ×1.5, then the mean restored, per
+    # encoder (SDXL: each half on its own, with its own tokenizer)
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if base == "sdxl":
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    parts, start = [], 0
+    for tokenizer, encoder in encoders:
+        first = 1 + len(tokenizer("a", add_special_tokens=False).input_ids)
+        cat = len(tokenizer("cat", add_special_tokens=False).input_ids)
+        weights = torch.ones(plain.shape[1])
+        weights[first : first + cat] = 1.5
+        width = encoder.config.hidden_size
+        half = plain[..., start : start + width]
+        scaled = half * weights[None, :, None]
+        parts.append(scaled * half.mean() / scaled.mean())
+        start += width
+    torch.testing.assert_close(_embeds(pipe, "a (cat:1.5) and a dog"), torch.cat(parts, -1))
