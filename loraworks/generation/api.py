@@ -138,7 +138,6 @@ def _run(
         result.images.append(path)
         result.seeds.append(settings.seed)
         result.recipe = result.recipe or as_dict
-        result.warnings += [w for w in rendered.warnings if w not in result.warnings]
     return result
 
 

@@ -8,7 +8,7 @@ the negative prompt is not encoded at all.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +21,6 @@ from loraworks.generation.placement import placement
 class Conditioning:
     embeds: torch.Tensor  # [1 or 2, tokens, dim]
     added: dict[str, torch.Tensor] | None  # SDXL `added_cond_kwargs`, batched like `embeds`
-    truncated: list[str] = field(default_factory=list)  # prompt text CLIP could not see
 
 
 def is_sdxl(pipe: Any) -> bool:
@@ -34,30 +33,37 @@ def _tokens(tokenizer: Any, text: str, length: int) -> torch.Tensor:
     ).input_ids
 
 
-def _truncated_text(tokenizer: Any, text: str) -> str | None:
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    limit = tokenizer.model_max_length
-    if len(ids) <= limit:
-        return None
-    return tokenizer.decode(ids[limit - 1 : -1])
+Row = tuple[torch.Tensor, torch.Tensor | None]  # token ids [1, 77]; a weight per token or None
 
 
-def _weighted_tokens(tokenizer: Any, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token ids [1, max_length] as the tokenizer pads them, and a weight per token (None when
-    `text` has no emphasis: then the ids are the tokenizer's own, exactly)."""
+def _rows(tokenizer: Any, text: str) -> list[Row]:
+    """`text` as CLIP rows of 77: each holds up to 75 text tokens between its start and end
+    tokens, padded as the tokenizer pads; weights only where `text` has emphasis. A prompt of
+    one row without emphasis is the tokenizer's own output, exactly (diffusers' path)."""
     length = tokenizer.model_max_length
-    if not has_emphasis(text):
-        return _tokens(tokenizer, text, length), None
-    ids: list[int] = []
-    weights: list[float] = []
-    for fragment, weight in parse_emphasis(text):
-        piece = tokenizer(fragment, add_special_tokens=False).input_ids
-        ids += piece
-        weights += [weight] * len(piece)
-    ids, weights = ids[: length - 2], weights[: length - 2]
-    pad = length - 2 - len(ids)
-    full = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id, *[tokenizer.pad_token_id] * pad]
-    return torch.tensor([full]), torch.tensor([1.0, *weights, 1.0, *[1.0] * pad])
+    body = length - 2
+    if has_emphasis(text):
+        ids: list[int] = []
+        weights: list[float] | None = []
+        for fragment, weight in parse_emphasis(text):
+            piece = tokenizer(fragment, add_special_tokens=False).input_ids
+            ids += piece
+            weights += [weight] * len(piece)
+    else:
+        ids, weights = tokenizer(text, add_special_tokens=False).input_ids, None
+        if len(ids) <= body:
+            return [(_tokens(tokenizer, text, length), None)]
+    rows: list[Row] = []
+    for first in range(0, max(len(ids), 1), body):
+        chunk = ids[first : first + body]
+        pad = body - len(chunk)
+        row = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
+        row += [tokenizer.pad_token_id] * pad
+        w = None
+        if weights is not None:
+            w = torch.tensor([1.0, *weights[first : first + body], 1.0, *[1.0] * pad])
+        rows.append((torch.tensor([row]), w))
+    return rows
 
 
 def _emphasised(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -70,50 +76,72 @@ def _emphasised(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Ten
     return (scaled * (before / scaled.mean())).to(hidden.dtype)
 
 
+def _padded(rows: list[Row], count: int, tokenizer: Any) -> list[Row]:
+    """`rows` filled up to `count` with rows of the empty prompt (as A1111 pads the shorter of
+    cond and uncond, so that both batch together)."""
+    empty = _rows(tokenizer, "")[0]
+    return rows + [empty] * (count - len(rows))
+
+
 @torch.no_grad()
-def _encode_sd(pipe: Any, text: str) -> torch.Tensor:
+def _encode_sd(pipe: Any, text: str, rows: int = 1) -> torch.Tensor:
     te = pipe.text_encoder
-    ids, weights = _weighted_tokens(pipe.tokenizer, text)
-    return _emphasised(te(ids.to(placement(te)[0]))[0], weights)
+    device = placement(te)[0]
+    parts = [
+        _emphasised(te(ids.to(device))[0], weights)
+        for ids, weights in _padded(_rows(pipe.tokenizer, text), rows, pipe.tokenizer)
+    ]
+    return torch.cat(parts, dim=1)
 
 
 @torch.no_grad()
-def _encode_sdxl(pipe: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_sdxl(pipe: Any, text: str, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both encoders' penultimate states side by side, and the pooled embedding of the first
+    row (the start of the prompt, as A1111 keeps it)."""
+    encoders = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    per_encoder = [_rows(tokenizer, text) for tokenizer, _ in encoders]
+    count = max(rows, *(len(r) for r in per_encoder))
     hidden, pooled = [], None
-    for tokenizer, te in (
-        (pipe.tokenizer, pipe.text_encoder),
-        (pipe.tokenizer_2, pipe.text_encoder_2),
-    ):
-        ids, weights = _weighted_tokens(tokenizer, text)
-        out = te(ids.to(placement(te)[0]), output_hidden_states=True)
-        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
-            pooled = out[0]  # not emphasised, as in A1111
-        hidden.append(_emphasised(out.hidden_states[-2], weights))
+    for (tokenizer, te), text_rows in zip(encoders, per_encoder, strict=True):
+        device = placement(te)[0]
+        states = []
+        for ids, weights in _padded(text_rows, count, tokenizer):
+            out = te(ids.to(device), output_hidden_states=True)
+            if out[0].ndim == 2 and pooled is None:  # CLIPTextModelWithProjection: text_embeds
+                pooled = out[0]  # not emphasised, as in A1111
+            states.append(_emphasised(out.hidden_states[-2], weights))
+        hidden.append(torch.cat(states, dim=1))
     assert pooled is not None, "SDXL text_encoder_2 must be a CLIPTextModelWithProjection"
     return torch.cat(hidden, dim=-1), pooled
+
+
+def _row_count(pipe: Any, *texts: str) -> int:
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(pipe) else [])
+    return max(len(_rows(t, text)) for t in tokenizers for text in texts)
 
 
 def encode_prompt(
     pipe: Any, prompt: str, negative: str | None, guided: bool, width: int, height: int
 ) -> Conditioning:
-    """Conditioning for one image. SDXL with no negative prompt uses zeros for the
+    """Conditioning for one image. A prompt longer than CLIP's 75 text tokens is encoded in
+    rows of 77 placed side by side (A1111, ComfyUI); with guidance the shorter of prompt and
+    negative is padded with empty rows. SDXL with no negative prompt uses zeros for the
     unconditional embeds, as diffusers does (`force_zeros_for_empty_prompt`)."""
     device, dtype = placement(pipe.unet)
-    seen = "".join(fragment for fragment, _ in parse_emphasis(prompt))  # what CLIP reads
-    truncated = [t for t in [_truncated_text(pipe.tokenizer, seen)] if t]
+    rows = _row_count(pipe, prompt, negative or "") if guided else 1
     if not is_sdxl(pipe):
-        embeds = _encode_sd(pipe, prompt)
+        embeds = _encode_sd(pipe, prompt, rows)
         if guided:
-            embeds = torch.cat([_encode_sd(pipe, negative or ""), embeds])
-        return Conditioning(embeds.to(device, dtype), None, truncated)
+            embeds = torch.cat([_encode_sd(pipe, negative or "", rows), embeds])
+        return Conditioning(embeds.to(device, dtype), None)
 
-    embeds, pooled = _encode_sdxl(pipe, prompt)
+    embeds, pooled = _encode_sdxl(pipe, prompt, rows)
     if guided:
         zeros = not negative and pipe.config.get("force_zeros_for_empty_prompt", True)
         if zeros:
             neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
         else:
-            neg_embeds, neg_pooled = _encode_sdxl(pipe, negative or "")
+            neg_embeds, neg_pooled = _encode_sdxl(pipe, negative or "", rows)
         embeds = torch.cat([neg_embeds, embeds])
         pooled = torch.cat([neg_pooled, pooled])
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
@@ -121,7 +149,7 @@ def encode_prompt(
         "text_embeds": pooled.to(device, dtype),
         "time_ids": time_ids.repeat(embeds.shape[0], 1).to(device),
     }
-    return Conditioning(embeds.to(device, dtype), added, truncated)
+    return Conditioning(embeds.to(device, dtype), added)
 
 
 class ConditioningCache:

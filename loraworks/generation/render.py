@@ -54,7 +54,6 @@ def with_native_size(pipe: Any, s: RenderSettings) -> RenderSettings:
 class Rendered:
     image: Image.Image
     latents: torch.Tensor
-    warnings: list[str]
 
 
 def render(
@@ -67,7 +66,6 @@ def render(
     guided = s.cfg > 1.0
     encode = conds.encode if conds is not None else encode_prompt
     cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height)
-    warnings = [f"prompt too long for CLIP (77 tokens); ignored: {t!r}" for t in cond.truncated]
     init = Image.open(s.init_image) if s.init_image is not None else None
     job = DenoiseJob(
         scheduler=build_scheduler(s.scheduler, pipe.scheduler.config),
@@ -80,4 +78,4 @@ def render(
         strength=s.strength,
     )
     latents = denoise(pipe, cond, job, on_step)
-    return Rendered(decode(pipe.vae, latents), latents, warnings)
+    return Rendered(decode(pipe.vae, latents), latents)

@@ -67,3 +67,51 @@ def test_weight_one_is_the_plain_prompt_and_a_weight_scales_its_tokens(pipes, ba
         parts.append(scaled * half.mean() / scaled.mean())
         start += width
     torch.testing.assert_close(_embeds(pipe, "a (cat:1.5) and a dog"), torch.cat(parts, -1))
+
+
+def _row(tokenizer, ids: list[int]) -> torch.Tensor:
+    """One CLIP row of 77 built by hand: start, up to 75 tokens, end, the tokenizer's padding."""
+    pad = tokenizer.model_max_length - 2 - len(ids)
+    return torch.tensor(
+        [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad]
+    )
+
+
+@pytest.mark.parametrize("base", ["sd1", "sdxl"])
+def test_a_long_prompt_is_encoded_in_rows_and_the_negative_padded_with_empty_rows(pipes, base):
+    """Past 75 text tokens the prompt continues in a second row of 77 (A1111, ComfyUI)
+    instead of being cut; with guidance the one-row negative gets an empty row."""
+    pipe = pipes[base]
+    prompt = "a red circle"
+    while len(pipe.tokenizer(prompt, add_special_tokens=False).input_ids) <= 90:
+        prompt += ", a red circle"
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if base == "sdxl":
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    ids = pipe.tokenizer(prompt, add_special_tokens=False).input_ids
+    assert 75 < len(ids) <= 150  # two rows
+    cond = encode_prompt(pipe, prompt, "blurry", True, 64, 64)
+    assert cond.embeds.shape[1] == 154
+
+    def encode(tokenizer, encoder, rows):
+        out = [encoder(r, output_hidden_states=True) for r in rows]
+        return torch.cat([o.hidden_states[-2] if base == "sdxl" else o[0] for o in out], dim=1)
+
+    want_cond, want_uncond = [], []
+    with torch.no_grad():
+        for tokenizer, encoder in encoders:
+            t = tokenizer(prompt, add_special_tokens=False).input_ids
+            want_cond.append(
+                encode(tokenizer, encoder, [_row(tokenizer, t[:75]), _row(tokenizer, t[75:])])
+            )
+            neg = tokenizer("blurry", add_special_tokens=False).input_ids
+            want_uncond.append(
+                encode(tokenizer, encoder, [_row(tokenizer, neg), _row(tokenizer, [])])
+            )
+    want = torch.cat([torch.cat(want_uncond, -1), torch.cat(want_cond, -1)])
+    torch.testing.assert_close(cond.embeds, want)
+    if base == "sdxl":  # pooled: the first row of the second encoder
+        with torch.no_grad():
+            t = pipe.tokenizer_2(prompt, add_special_tokens=False).input_ids
+            first = pipe.text_encoder_2(_row(pipe.tokenizer_2, t[:75]))[0]
+        torch.testing.assert_close(cond.added["text_embeds"][1:], first)
