@@ -7,6 +7,7 @@ the negative prompt is not encoded at all.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +37,17 @@ def _tokens(tokenizer: Any, text: str, length: int) -> torch.Tensor:
 Row = tuple[torch.Tensor, torch.Tensor | None]  # token ids [1, 77]; a weight per token or None
 
 
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
 def _rows(tokenizer: Any, text: str) -> list[Row]:
     """`text` as CLIP rows of 77: each holds up to 75 text tokens between its start and end
-    tokens, padded as the tokenizer pads; weights only where `text` has emphasis. A prompt of
-    one row without emphasis is the tokenizer's own output, exactly (diffusers' path)."""
+    tokens, padded as the tokenizer pads; weights only where `text` has emphasis. `BREAK`
+    (A1111) starts a new row. A prompt of one row without emphasis is the tokenizer's own
+    output, exactly (diffusers' path)."""
+    parts = _BREAK.split(text)
+    if len(parts) > 1:
+        return [row for part in parts for row in _rows(tokenizer, part)]
     length = tokenizer.model_max_length
     body = length - 2
     if has_emphasis(text):

@@ -115,3 +115,16 @@ def test_a_long_prompt_is_encoded_in_rows_and_the_negative_padded_with_empty_row
             t = pipe.tokenizer_2(prompt, add_special_tokens=False).input_ids
             first = pipe.text_encoder_2(_row(pipe.tokenizer_2, t[:75]))[0]
         torch.testing.assert_close(cond.added["text_embeds"][1:], first)
+
+
+def test_break_starts_a_new_row(pipes):
+    pipe = pipes["sd1"]
+    tok = pipe.tokenizer
+    got = encode_prompt(pipe, "a red circle BREAK a blue square", None, False, 64, 64).embeds
+    with torch.no_grad():
+        rows = [
+            _row(tok, tok(t, add_special_tokens=False).input_ids)
+            for t in ("a red circle", "a blue square")
+        ]
+        want = torch.cat([pipe.text_encoder(r)[0] for r in rows], dim=1)
+    torch.testing.assert_close(got, want)
