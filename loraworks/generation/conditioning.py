@@ -62,16 +62,41 @@ def _rows(tokenizer: Any, text: str) -> list[Row]:
         if len(ids) <= body:
             return [(_tokens(tokenizer, text, length), None)]
     rows: list[Row] = []
-    for first in range(0, max(len(ids), 1), body):
-        chunk = ids[first : first + body]
-        pad = body - len(chunk)
-        row = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
+    for first, last in _row_spans(ids, body, _comma_id(tokenizer)):
+        pad = body - (last - first)
+        row = [tokenizer.bos_token_id, *ids[first:last], tokenizer.eos_token_id]
         row += [tokenizer.pad_token_id] * pad
         w = None
         if weights is not None:
-            w = torch.tensor([1.0, *weights[first : first + body], 1.0, *[1.0] * pad])
+            w = torch.tensor([1.0, *weights[first:last], 1.0, *[1.0] * pad])
         rows.append((torch.tensor([row]), w))
     return rows
+
+
+COMMA_BACKTRACK = 20  # A1111's `comma_padding_backtrack` default
+
+
+def _comma_id(tokenizer: Any) -> int | None:
+    ids = tokenizer(",", add_special_tokens=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+def _row_spans(ids: list[int], body: int, comma: int | None) -> list[tuple[int, int]]:
+    """[first, last) of each row: `body` tokens, except that a full row followed by more text
+    ends after its last comma when that comma is within the last 20 tokens (A1111), so that a
+    phrase is not split across rows."""
+    spans: list[tuple[int, int]] = []
+    first = 0
+    while True:
+        last = min(first + body, len(ids))
+        if last - first == body and last < len(ids) and comma is not None:
+            commas = [k for k in range(first, last) if ids[k] == comma]
+            if commas and last - commas[-1] <= COMMA_BACKTRACK:
+                last = commas[-1] + 1
+        spans.append((first, last))
+        if last >= len(ids):
+            return spans
+        first = last
 
 
 def _emphasised(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -82,9 +82,9 @@ def test_a_long_prompt_is_encoded_in_rows_and_the_negative_padded_with_empty_row
     """Past 75 text tokens the prompt continues in a second row of 77 (A1111, ComfyUI)
     instead of being cut; with guidance the one-row negative gets an empty row."""
     pipe = pipes[base]
-    prompt = "a red circle"
+    prompt = "a red circle"  # no commas: the rows split at 75 tokens exactly
     while len(pipe.tokenizer(prompt, add_special_tokens=False).input_ids) <= 90:
-        prompt += ", a red circle"
+        prompt += " and a red circle"
     encoders = [(pipe.tokenizer, pipe.text_encoder)]
     if base == "sdxl":
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
@@ -128,3 +128,24 @@ def test_break_starts_a_new_row(pipes):
         ]
         want = torch.cat([pipe.text_encoder(r)[0] for r in rows], dim=1)
     torch.testing.assert_close(got, want)
+
+
+def test_a_full_row_ends_after_a_late_comma(pipes):
+    """A1111's comma backtrack: a full row followed by more text ends after its last comma
+    when that comma is within its last 20 tokens; no token is lost or repeated."""
+    from loraworks.generation.conditioning import _rows
+
+    tok = pipes["sd1"].tokenizer
+    comma = tok(",", add_special_tokens=False).input_ids
+    assert len(comma) == 1
+    prompt = "a red circle"
+    while len(tok(prompt, add_special_tokens=False).input_ids) <= 90:
+        prompt += ", a red circle"
+    ids = tok(prompt, add_special_tokens=False).input_ids
+    rows = _rows(tok, prompt)
+    texts = []
+    for row, _ in rows:
+        body = row[0, 1:].tolist()
+        texts.append(body[: body.index(tok.eos_token_id)])
+    assert [t for text in texts for t in text] == ids and len(texts) == 2
+    assert texts[0][-1] == comma[0] and 75 - 20 <= len(texts[0]) < 75
