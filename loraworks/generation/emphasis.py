@@ -24,6 +24,15 @@ _TOKEN = re.compile(
 )
 
 
+def _is_number(text: str) -> bool:
+    """`1.2.3` or `.` also match the weight pattern; such a group is read as text."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def has_emphasis(text: str) -> bool:
     return any(c in text for c in "()[]\\")
 
@@ -46,7 +55,7 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
             open_round.append(len(runs))
         elif token == "[":
             open_square.append(len(runs))
-        elif number is not None and open_round:
+        elif number is not None and open_round and _is_number(number):
             scale(open_round.pop(), float(number))
         elif token == ")" and open_round:
             scale(open_round.pop(), ROUND)

@@ -40,6 +40,12 @@ def test_parser_matches_a1111(text, runs):
     assert [w for _, w in got] == pytest.approx([w for _, w in runs])
 
 
+def test_odd_input_is_text_never_an_error():
+    assert parse_emphasis("(word:1.2.3)") == [("word:1.2.3)", 1.1)]  # not a number: text
+    assert parse_emphasis("(((") == [("", 1.0)]
+    assert parse_emphasis("a \\ b:c") == [("a \\ b:c", 1.0)]
+
+
 def _embeds(pipe, prompt: str) -> torch.Tensor:
     return encode_prompt(pipe, prompt, None, False, 64, 64).embeds
 
