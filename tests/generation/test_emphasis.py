@@ -3,8 +3,12 @@ against the plain encoder output scaled by hand."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loraworks.generation.conditioning import encode_prompt
 from loraworks.generation.emphasis import parse_emphasis
@@ -155,3 +159,9 @@ def test_a_full_row_ends_after_a_late_comma(pipes):
         texts.append(body[: body.index(tok.eos_token_id)])
     assert [t for text in texts for t in text] == ids and len(texts) == 2
     assert texts[0][-1] == comma[0] and 75 - 20 <= len(texts[0]) < 75
+
+
+@given(st.text(alphabet="ab ,:.()[]\\0123456789-+", max_size=40))
+def test_any_text_parses_to_finite_weights(text):
+    runs = parse_emphasis(text)
+    assert runs and all(math.isfinite(w) for _, w in runs)
