@@ -46,8 +46,7 @@ from torch import nn
 
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .keys import flatten, text_encoder_candidates
-from .layers import IA3Layer, Layer, OFTLayer
-from .layers.base import shapes_fit
+from .layers import Layer
 from .model import COMPONENTS, LoRA
 
 Weight = float | Mapping[str, float]
@@ -343,7 +342,7 @@ class LoRAPatcher:
                 if not isinstance(weight, torch.Tensor):
                     report.unmatched.append(f"{label}: {target} (module has no weight)")
                     continue
-                problem = self._check(layer, module) or self._check_bound(
+                problem = layer.check(tuple(weight.shape)) or self._check_bound(
                     layer, strengths[comp], weight.dtype
                 )
                 if problem:
@@ -382,19 +381,6 @@ class LoRAPatcher:
                 f"the patched weight would not be finite in {dtype} (|ΔW| up to {bound:.3g}; "
                 "is the weight or alpha far too large?)"
             )
-        return None
-
-    @staticmethod
-    def _check(layer: Layer, module: nn.Module) -> str | None:
-        shape = tuple(module.weight.shape)
-        if isinstance(layer, IA3Layer | OFTLayer):
-            return layer.check(shape)
-        ds = layer.delta_shape()
-        if not shapes_fit(ds, shape):
-            return f"layer shape {ds} does not fit weight {shape}"
-        for part in (layer, getattr(layer, "inner", None)):
-            if part is not None and not part.sparse_fits(shape):
-                return f"sparse bias of size {part.sparse.size} does not fit weight {shape}"
         return None
 
     def _claim(self) -> None:

@@ -201,6 +201,17 @@ class Layer:
     def sparse_fits(self, weight_shape) -> bool:
         return self.sparse is None or math.prod(self.sparse.size) == math.prod(weight_shape)
 
+    def check(self, weight_shape: tuple[int, ...]) -> str | None:
+        """Why this layer cannot patch a weight of `weight_shape` (checked for every layer
+        before anything is patched), or None. Kinds without a ΔW shape of their own (IA³,
+        OFT) override it."""
+        ds = self.delta_shape()
+        if not shapes_fit(ds, weight_shape):
+            return f"layer shape {ds} does not fit weight {weight_shape}"
+        if not self.sparse_fits(weight_shape):
+            return f"sparse bias of size {self.sparse.size} does not fit weight {weight_shape}"
+        return None
+
     def _with_sparse(self, delta: Tensor | None, weight: Tensor, strength: float) -> Tensor | None:
         if self.sparse is None:
             return delta

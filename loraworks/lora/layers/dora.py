@@ -63,6 +63,9 @@ class DoRALayer(Layer):
     def delta_shape(self):
         return self.inner.delta_shape()
 
+    def check(self, weight_shape):
+        return super().check(weight_shape) or self.inner.check(weight_shape)
+
     def out_features(self):
         return self.inner.out_features()
 
