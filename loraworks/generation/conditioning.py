@@ -62,7 +62,8 @@ def _rows(tokenizer: Any, text: str) -> list[Row]:
         if len(ids) <= body:
             return [(_tokens(tokenizer, text, length), None)]
     rows: list[Row] = []
-    for first, last in _row_spans(ids, body, _comma_id(tokenizer)):
+    comma = _comma_id(tokenizer) if len(ids) > body else None  # only a full row backtracks
+    for first, last in _row_spans(ids, body, comma):
         pad = body - (last - first)
         row = [tokenizer.bos_token_id, *ids[first:last], tokenizer.eos_token_id]
         row += [tokenizer.pad_token_id] * pad
@@ -116,29 +117,27 @@ def _padded(rows: list[Row], count: int, tokenizer: Any) -> list[Row]:
     return rows + [empty] * (count - len(rows))
 
 
+def _tokenizers(pipe: Any) -> list[Any]:
+    return [pipe.tokenizer, pipe.tokenizer_2] if is_sdxl(pipe) else [pipe.tokenizer]
+
+
 @torch.no_grad()
-def _encode_sd(pipe: Any, text: str, rows: int = 1) -> torch.Tensor:
+def _encode_sd(pipe: Any, rows: list[Row]) -> torch.Tensor:
     te = pipe.text_encoder
     device = placement(te)[0]
-    parts = [
-        _emphasised(te(ids.to(device))[0], weights)
-        for ids, weights in _padded(_rows(pipe.tokenizer, text), rows, pipe.tokenizer)
-    ]
-    return torch.cat(parts, dim=1)
+    return torch.cat([_emphasised(te(ids.to(device))[0], w) for ids, w in rows], dim=1)
 
 
 @torch.no_grad()
-def _encode_sdxl(pipe: Any, text: str, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both encoders' penultimate states side by side, and the pooled embedding of the first
-    row (the start of the prompt, as A1111 keeps it)."""
-    encoders = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
-    per_encoder = [_rows(tokenizer, text) for tokenizer, _ in encoders]
-    count = max(rows, *(len(r) for r in per_encoder))
+def _encode_sdxl(pipe: Any, rows: list[list[Row]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both encoders' penultimate states side by side (`rows`: each encoder's, of one
+    length), and the pooled embedding of the first row (the start of the prompt, as A1111
+    keeps it)."""
     hidden, pooled = [], None
-    for (tokenizer, te), text_rows in zip(encoders, per_encoder, strict=True):
+    for te, text_rows in zip((pipe.text_encoder, pipe.text_encoder_2), rows, strict=True):
         device = placement(te)[0]
         states = []
-        for ids, weights in _padded(text_rows, count, tokenizer):
+        for ids, weights in text_rows:
             out = te(ids.to(device), output_hidden_states=True)
             if out[0].ndim == 2 and pooled is None:  # CLIPTextModelWithProjection: text_embeds
                 pooled = out[0]  # not emphasised, as in A1111
@@ -148,33 +147,33 @@ def _encode_sdxl(pipe: Any, text: str, rows: int = 1) -> tuple[torch.Tensor, tor
     return torch.cat(hidden, dim=-1), pooled
 
 
-def _row_count(pipe: Any, *texts: str) -> int:
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(pipe) else [])
-    return max(len(_rows(t, text)) for t in tokenizers for text in texts)
-
-
 def encode_prompt(
     pipe: Any, prompt: str, negative: str | None, guided: bool, width: int, height: int
 ) -> Conditioning:
     """Conditioning for one image. A prompt longer than CLIP's 75 text tokens is encoded in
-    rows of 77 placed side by side (A1111, ComfyUI); with guidance the shorter of prompt and
-    negative is padded with empty rows. SDXL with no negative prompt uses zeros for the
-    unconditional embeds, as diffusers does (`force_zeros_for_empty_prompt`)."""
+    rows of 77 placed side by side (A1111, ComfyUI); every text and encoder is padded with
+    empty rows to the longest, so that prompt and negative batch together. SDXL with no
+    negative prompt uses zeros for the unconditional embeds, as diffusers does
+    (`force_zeros_for_empty_prompt`)."""
     device, dtype = placement(pipe.unet)
-    rows = _row_count(pipe, prompt, negative or "") if guided else 1
+    tokenizers = _tokenizers(pipe)
+    texts = [prompt, negative or ""] if guided else [prompt]
+    rows = [[_rows(t, text) for t in tokenizers] for text in texts]  # [text][encoder]
+    count = max(len(r) for per_text in rows for r in per_text)
+    rows = [[_padded(r, count, t) for r, t in zip(per, tokenizers, strict=True)] for per in rows]
     if not is_sdxl(pipe):
-        embeds = _encode_sd(pipe, prompt, rows)
+        embeds = _encode_sd(pipe, rows[0][0])
         if guided:
-            embeds = torch.cat([_encode_sd(pipe, negative or "", rows), embeds])
+            embeds = torch.cat([_encode_sd(pipe, rows[1][0]), embeds])
         return Conditioning(embeds.to(device, dtype), None)
 
-    embeds, pooled = _encode_sdxl(pipe, prompt, rows)
+    embeds, pooled = _encode_sdxl(pipe, rows[0])
     if guided:
         zeros = not negative and pipe.config.get("force_zeros_for_empty_prompt", True)
         if zeros:
             neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
         else:
-            neg_embeds, neg_pooled = _encode_sdxl(pipe, negative or "", rows)
+            neg_embeds, neg_pooled = _encode_sdxl(pipe, rows[1])
         embeds = torch.cat([neg_embeds, embeds])
         pooled = torch.cat([neg_pooled, pooled])
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
