@@ -87,6 +87,10 @@ def compute_summary(settings: ComputeSettings) -> str:
     return f"{where}, {str(dtype).removeprefix('torch.')}"
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return (a.type, a.index or 0) == (b.type, b.index or 0)  # "cuda" is "cuda:0"
+
+
 def device_residents(sizes: list[tuple[object, int]], budget: int) -> set[object]:
     """Which LoRAs to keep on the device: `sizes` is (key, bytes), most recently used first;
     as many as fit in `budget` bytes, in that order (the first that does not fit ends it)."""
@@ -187,7 +191,9 @@ class ModelCache:
                 while len(self._loras) > max(self.max_loras, 1):
                     self._loras.popitem(last=False)
             self._loras.move_to_end(key)
-            if self.device.type != "cpu":
+            # a LoRA already on the device stays in the budget when it becomes the newest:
+            # only a new or host-side one can change which LoRAs fit
+            if self.device.type != "cpu" and not _same_device(lora.device, self.device):
                 self._place_loras()
             return lora
 
@@ -197,8 +203,7 @@ class ModelCache:
         resident = device_residents(sizes, self.lora_device_budget)
         for key, lora in newest_first:
             want = self.device if key in resident else torch.device("cpu")
-            now = lora.device
-            if (now.type, now.index or 0) != (want.type, want.index or 0):
+            if not _same_device(lora.device, want):
                 lora.to(want)
 
 
