@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from loraworks.cli.console import fail
+
 
 def register(app: typer.Typer) -> None:
     app.command()(demo)
@@ -26,5 +28,4 @@ def demo(
     try:
         run_demo(root, echo=typer.echo, seed=seed)
     except ValueError as exc:  # ModelError, LoRAError and GenerationError are ValueErrors
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from loraworks.cli.console import fail
+
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
@@ -45,14 +47,12 @@ def serve(
     try:
         manager = ModelManager.open(root)
     except ValueError as exc:  # ModelError: a broken root or config
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     try:
         compute = compute_summary(manager.config.compute)  # a missing device stops us here
     except ValueError as exc:
         manager.close()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     settings = manager.config.server
     host = host or settings.host
     port = port or settings.port
@@ -60,11 +60,9 @@ def serve(
     try:
         check_bind(host, token)
     except BindRefused as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     if problem := _bind_problem(host, port):
-        typer.echo(f"error: cannot listen on {host}:{port}: {problem}.", err=True)
-        raise typer.Exit(1)
+        fail(f"cannot listen on {host}:{port}: {problem}.")
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     typer.echo(f"loraworks serving {manager.root}; models run on {compute}")
