@@ -64,22 +64,35 @@ class LoRA:
         return torch.device("cpu")
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> LoRA:
-        """Move every tensor (e.g. to the GPU once, so each apply skips the copy)."""
+        """Move every tensor (e.g. to the GPU once, so each apply skips the copy).
+
+        A move to another device goes as one transfer per source dtype (`move_packed`), not
+        one per tensor: a LoCon holds ~1000 small tensors, and each pageable host-to-GPU copy
+        is a synchronous driver call."""
         cap = torch.finfo(dtype).max if dtype is not None and dtype.is_floating_point else None
+        slots: list[tuple[object, str]] = []
         for layer in self.layers.values():
             inner = getattr(layer, "inner", None)
-            objs = (layer, inner, layer.sparse, getattr(inner, "sparse", None))
-            for obj in objs:
-                if obj is None:
-                    continue
-                for attr, val in list(vars(obj).items()):
-                    if isinstance(val, torch.Tensor) and val.is_floating_point():
-                        setattr(obj, attr, val.to(device=device, dtype=dtype))
+            for obj in (layer, inner, layer.sparse, getattr(inner, "sparse", None)):
+                if obj is not None:
+                    slots += [
+                        (obj, attr)
+                        for attr, val in vars(obj).items()
+                        if isinstance(val, torch.Tensor) and val.is_floating_point()
+                    ]
             for part in (layer, inner):
                 if cap is not None and part is not None and part.max_abs:
                     # a value beyond the new dtype's range becomes inf there (rounding inside
                     # it stays far within the overflow bound's 4x margin)
                     part.max_abs = {k: v if v <= cap else math.inf for k, v in part.max_abs.items()}
+        tensors = [getattr(obj, attr) for obj, attr in slots]
+        target = None if device is None else torch.device(device)
+        if target is not None and any(t.device != target for t in tensors):
+            moved = move_packed(tensors, target, dtype)
+        else:
+            moved = [t.to(dtype=dtype) for t in tensors]
+        for (obj, attr), t in zip(slots, moved, strict=True):
+            setattr(obj, attr, t)
         return self
 
     def __repr__(self) -> str:
@@ -88,3 +101,21 @@ class LoRA:
             f"LoRA(name={self.name!r}, base={self.base!r}, format={self.format!r}, "
             f"layers={len(self.layers)} [{kinds}])"
         )
+
+
+def move_packed(
+    tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    """`[t.to(device, dtype) for t in tensors]` in one copy per source (device, dtype): each
+    group is flattened into one buffer, moved, and split back into views of it. A tensor that
+    appears twice comes back as one tensor."""
+    out: dict[int, torch.Tensor] = {}
+    groups: dict[tuple[torch.device, torch.dtype], dict[int, torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), {})[id(t)] = t
+    for members in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in members.values()]).to(device, dtype)
+        sizes = [t.numel() for t in members.values()]
+        for (key, t), part in zip(members.items(), flat.split(sizes), strict=True):
+            out[key] = part.view(t.shape)
+    return [out[id(t)] for t in tensors]

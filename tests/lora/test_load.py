@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from loraworks.lora import LoRA, LoRAFormatError, apply_loras, load_lora
 from loraworks.lora.load import MAX_HEADER_BYTES
+from loraworks.lora.model import move_packed
 from tests.fixtures.models import build_components
 from tests.lora.util import kohya_lora
 
@@ -109,6 +110,43 @@ def test_max_abs_measured_at_load_is_each_leafs_max(sd1_lora):
     layer = next(iter(lora.layers.values()))
     for leaf, t in layer.tensors().items():
         assert layer.max_abs[leaf] == pytest.approx(float(t.float().abs().max()), rel=0, abs=0)
+
+
+def test_move_packed_is_one_copy_per_dtype_with_the_same_values():
+    """What `LoRA.to(device)` uses: the same tensors as a `.to` each, as views of one buffer per
+    source dtype (one transfer), a tensor given twice coming back once."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(7, generator=g).t()
+    c = torch.randn(4, 2, 3, 3, generator=g).half()
+    d = torch.randn(2, 6, generator=g)[:, ::2]  # not contiguous
+    for dtype in (None, torch.bfloat16):
+        moved = move_packed([a, c, b, a, d], torch.device("cpu"), dtype)
+        for src, got in zip([a, c, b, a, d], moved, strict=True):
+            want = src.to(dtype=dtype or src.dtype)
+            assert got.shape == src.shape and got.dtype == want.dtype
+            assert torch.equal(got, want)
+        assert moved[0] is moved[3]
+        storages = {t.untyped_storage().data_ptr() for t in moved}
+        assert len(storages) == 2  # fp32 and fp16 sources
+
+
+def test_lora_to_another_device_moves_every_tensor_and_keeps_shapes(sd1_lora):
+    lora = load_lora((sd1_lora, {}))
+    before = {
+        (k, leaf): (t.shape, t.dtype)
+        for k, layer in lora.layers.items()
+        for leaf, t in layer.all_tensors().items()
+    }
+    lora.to("meta")
+    after = {
+        (k, leaf): (t.shape, t.dtype)
+        for k, layer in lora.layers.items()
+        for leaf, t in layer.all_tensors().items()
+    }
+    assert after == before and lora.device.type == "meta"
+    assert all(
+        t.device.type == "meta" for layer in lora.layers.values() for t in layer.tensors().values()
+    )
 
 
 def test_empty_and_non_lora_files(tmp_path):
