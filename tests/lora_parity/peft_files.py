@@ -24,12 +24,17 @@ PEFT_UNET_TARGETS = (
     r"\.(to_q|to_k|to_v|to_out\.0|proj_in|ff\.net\.2|conv1)$"
 )
 PEFT_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+#: OFT's forward equals its merge only for linears and 1x1 convs (see `peft_oft.py`): its
+#: parity on 3x3 convs is `test_layers`' comparison with PEFT's merge
+PEFT_OFT_UNET_TARGETS = PEFT_UNET_TARGETS.replace("|conv1)", ")")
 
 
 def peft_config(kind: str, targets):
     """PEFT configs with alpha ≠ r, so that a loader that ignores alpha fails."""
-    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
+    if kind in PEFT_OFT_KINDS:
+        return OFTConfig(oft_block_size=4, target_modules=targets, **PEFT_OFT_KINDS[kind])
     if kind == "ia3":
         ff = r".*\.ff\.net\.2$" if isinstance(targets, str) else ["fc2"]
         return IA3Config(target_modules=targets, feedforward_modules=ff)
@@ -41,7 +46,14 @@ def peft_config(kind: str, targets):
     return LoraConfig(r=4, lora_alpha=2, target_modules=targets, **extra)
 
 
-PEFT_KINDS = ("lora", "dora", "rslora", "loha", "lokr", "ia3")
+#: PEFT's default OFT (Cayley by a 5-term Neumann series), the exact Cayley transform, and
+#: COFT (one shared block, which leaves no evidence of the base, is in `test_layers`)
+PEFT_OFT_KINDS = {
+    "oft": {},
+    "oft_cayley": dict(use_cayley_neumann=False),
+    "oft_coft": dict(coft=True, eps=0.05),
+}
+PEFT_KINDS = ("lora", "dora", "rslora", "loha", "lokr", "ia3", *PEFT_OFT_KINDS)
 
 
 @torch.no_grad()
@@ -76,16 +88,19 @@ def peft_folder(base: str, kind: str, folder: Path) -> Produced:
     from peft import get_peft_model
 
     comps = fresh(base)
-    model = get_peft_model(comps.unet, peft_config(kind, PEFT_UNET_TARGETS))
+    targets = PEFT_OFT_UNET_TARGETS if kind in PEFT_OFT_KINDS else PEFT_UNET_TARGETS
+    model = get_peft_model(comps.unet, peft_config(kind, targets))
     randomise_peft(model, torch.Generator().manual_seed(2))
     out = folder / f"peft_{kind}_{base}"
     model.save_pretrained(str(out))
 
     def reference(weight: Weight) -> Outputs:
-        peft_set_weight({"unet": comps.unet}, weight)
+        if kind not in PEFT_OFT_KINDS:  # PEFT OFT layers have `set_scale` but no scaling
+            peft_set_weight({"unet": comps.unet}, weight)
         return forward_all(comps.as_mapping())
 
-    weights = (1.0,) if kind == "ia3" else WEIGHTS
+    # PEFT has no user weight for IA3 and OFT
+    weights = (1.0,) if kind == "ia3" or kind in PEFT_OFT_KINDS else WEIGHTS
     return Produced(f"peft_{kind}", base, out, reference, weights, targets=("unet",))
 
 

@@ -26,6 +26,9 @@ _LEAF_MAP = {
     "alpha": "alpha",
     "dora_scale": "dora_scale",
     "ia3_l": "ia3_l",
+    "oft_R.weight": "oft_R",
+    "oft_r": "oft_r",
+    "boft_R": "boft_R",
 }
 _PASS = "hada_w1_a hada_w1_b hada_w2_a hada_w2_b hada_t1 hada_t2 lokr_w1 lokr_w1_a lokr_w1_b"
 for _n in (*_PASS.split(), "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):
@@ -147,7 +150,18 @@ def peft_convention(cfg: dict[str, Any] | None, module: str) -> Convention:
         rank=int(r) if r is not None else None,
         rslora=bool(cfg.get("use_rslora", False)),
         feedforward=_is_feedforward(cfg, module) if peft_type == "IA3" else None,
+        **(_oft_options(cfg) if peft_type == "OFT" else {}),
     )
+
+
+def _oft_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """PEFT OFTConfig's rotation settings, with its defaults for keys an older config lacks."""
+    neumann = bool(cfg.get("use_cayley_neumann", True))
+    return {
+        "oft_neumann_terms": int(cfg.get("num_cayley_neumann_terms", 5)) if neumann else None,
+        "oft_coft_eps": float(cfg.get("eps", 6e-5)) if cfg.get("coft") else None,
+        "oft_block_share": bool(cfg.get("block_share", False)),
+    }
 
 
 def diffusers_metadata_configs(metadata: dict[str, str]) -> dict[str, dict]:

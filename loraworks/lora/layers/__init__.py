@@ -18,6 +18,7 @@ from .lokr import LoKrLayer
 from .lora import LoRALayer
 from .norm import NormLayer
 from .oft import BOFTLayer, OFTLayer
+from .peft_oft import PeftOFTLayer
 
 __all__ = [
     "LYCORIS",
@@ -32,6 +33,7 @@ __all__ = [
     "LoRALayer",
     "NormLayer",
     "OFTLayer",
+    "PeftOFTLayer",
     "SparseDiff",
     "layer_from_leaves",
 ]
@@ -49,12 +51,15 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
     ("diff", FullLayer),
     ("w_norm", NormLayer),
     ("oft_blocks", OFTLayer),
+    ("oft_R", PeftOFTLayer),
     ("ia3_l", IA3Layer),
     ("on_input", IA3Layer),
     ("weight", IA3Layer),
 )
 _UNSUPPORTED = {
     "oft_diag": "OFT in the LyCORIS 2 layout (oft_diag)",
+    "oft_r": "OFT in PEFT's older layout (oft_r)",
+    "boft_R": "PEFT BOFT",
     "a1.weight": "GLoRA",
     "b1.weight": "GLoRA",
 }

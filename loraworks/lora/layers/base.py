@@ -34,7 +34,8 @@ class Convention:
     LyCORIS maths), ``"peft"`` for PEFT folders and diffusers files (alpha from a config or
     header, PEFT maths). ``alpha``/``rank`` come from a PEFT config (after ``rank_pattern`` /
     ``alpha_pattern``); ``rslora`` makes the scale alpha/√r; ``feedforward`` is PEFT IA3's
-    per-module flag (input axis) when the config names it.
+    per-module flag (input axis) when the config names it. The ``oft_*`` fields carry PEFT's
+    OFT settings.
     """
 
     producer: str = "lycoris"
@@ -42,6 +43,11 @@ class Convention:
     rank: int | None = None
     rslora: bool = False
     feedforward: bool | None = None
+    #: PEFT OFT (``peft_oft.py``): Cayley by a Neumann series of this many terms (None: exact),
+    #: COFT's eps (None: no COFT), one rotation block shared across the input; PEFT's defaults
+    oft_neumann_terms: int | None = 5
+    oft_coft_eps: float | None = None
+    oft_block_share: bool = False
 
 
 LYCORIS = Convention()
