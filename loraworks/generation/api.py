@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
 from loraworks.generation.errors import (
@@ -21,6 +23,7 @@ from loraworks.generation.errors import (
     UnusableModel,
 )
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
+from loraworks.generation.placement import placement
 from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
@@ -170,11 +173,27 @@ def generate(
             report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])
             loaded.conds.sync(report)
             result = _run(mm, loaded, main, resolved, request.batch_size, steps)
-        except BaseException:
+        except BaseException as exc:
             loaded.patcher.restore()
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise _out_of_memory(loaded, resolved) from None
             raise
     result.warnings[:0] = _patch_warnings(report)
     return result
+
+
+def _out_of_memory(loaded: LoadedModel, resolved: Resolved) -> GenerationError:
+    """What a user can change when the device ran out of memory mid-generation (the weights
+    are restored by then; the allocator's cache is handed back so a smaller retry fits)."""
+    device = placement(loaded.pipe.unet)[0]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    s = resolved.settings
+    return GenerationError(
+        f"out of {device} memory generating {s.width}x{s.height}: try a smaller size, fewer "
+        "LoRAs, or raise [cache] device_working_mem_gb in config.toml so that idle models are "
+        "unloaded first"
+    )
 
 
 def _patch_warnings(report: Any) -> list[str]:

@@ -112,12 +112,16 @@ class ModelCache:
         max_loras: int,
         device: torch.device = torch.device("cpu"),
         lora_device_gb: float = 0.0,
+        working_mem_gb: float = 0.0,
     ):
         self._load_main = load_main
         self.budget = int(ram_budget_gb * GIB)
         self.max_loras = max_loras
         self.device = device
         self.lora_device_budget = int(lora_device_gb * GIB)
+        #: device memory kept free beside the models for what a generation allocates
+        #: (activations, the VAE decode, patched weights); InvokeAI's device_working_mem_gb
+        self.working_mem = int(working_mem_gb * GIB)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loras: OrderedDict[tuple[str, str | None], LoRA] = OrderedDict()
         self._lock = threading.Lock()
@@ -128,8 +132,9 @@ class ModelCache:
 
         The pipeline is read into host memory first; room is made (idle models evicted, least
         recently used first) before it moves to the device, so a GPU never holds the old
-        models and the new one at once. Not enough device memory even then → GenerationError,
-        and nothing is cached."""
+        models and the new one at once, and keeps `working_mem` free beside it when evicting
+        idle models can make that room. Not enough device memory for the model itself even
+        then → GenerationError, and nothing is cached."""
         with self._lock:
             loaded = self._models.get(record.key)
             if loaded is not None and loaded.hash == record.hash:
@@ -155,7 +160,7 @@ class ModelCache:
         if sum(m.nbytes for m in self._models.values()) + size > self.budget:
             return False
         free = free_bytes(self.device) if self.device.type == "cuda" else None
-        return free is None or size <= free
+        return free is None or size + self.working_mem <= free
 
     def _make_room(self, size: int, loading: str) -> None:
         """Drop least-recently-used idle models until `size` more bytes fit the budget (and,
@@ -227,6 +232,7 @@ def cache_for(manager: ModelManager) -> ModelCache:
                 cfg.max_loras,
                 device,
                 cfg.lora_gpu_gb,
+                cfg.device_working_mem_gb,
             )
             _CACHES[root] = cache
         return cache

@@ -39,6 +39,7 @@ class CacheSettings(_Section):
     ram_budget_gb: float = Field(8.0, gt=0)
     max_loras: int = Field(32, ge=0)
     lora_gpu_gb: float = Field(1.0, ge=0)
+    device_working_mem_gb: float = Field(3.0, ge=0)
 
 
 class ComputeSettings(_Section):
@@ -92,6 +93,8 @@ ram_budget_gb = 8.0   # main models kept loaded (LRU) while their size fits
 max_loras = 32        # parsed LoRAs kept in memory
 lora_gpu_gb = 1.0     # of those, the most recently used also kept on the GPU (the rest are
                       #   copied over when applied)
+device_working_mem_gb = 3.0  # GPU memory kept free beside the models for generating: idle
+                      #   models are evicted to keep it (InvokeAI's setting of the same name)
 
 [compute]             # read when the first model loads; restart the server after a change
 device = "auto"       # auto (a CUDA GPU when torch sees one, else CPU) | cpu | cuda | cuda:1 | mps

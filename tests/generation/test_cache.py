@@ -255,3 +255,23 @@ def test_a_root_generates_on_its_device_and_restores_its_weights(tmp_path, devic
         assert all(torch.equal(before[k], after[k]) for k in before)
     finally:
         mm.close()
+
+
+@pytest.mark.parametrize("working_weights", [0, 750])
+def test_idle_models_are_evicted_to_keep_working_memory_free_on_the_gpu(
+    monkeypatch, working_weights
+):
+    """A GPU with room for 2,500 weights holds two 1,000-weight models; keeping 750 weights
+    free for generating (`device_working_mem_gb`) leaves room for one, so the idle one goes."""
+    import loraworks.generation.cache as cache_module
+
+    cache, loaded = _cache(budget_weights=10_000)
+    cache.device = torch.device("cuda")
+    cache.working_mem = working_weights * 4
+    gpu = 2_500 * 4
+    monkeypatch.setattr(
+        cache_module, "free_bytes", lambda _d: gpu - sum(m.nbytes for m in cache._models.values())
+    )
+    a, b = fake_record("a", "main"), fake_record("b", "main")
+    cache.model(a), cache.model(b), cache.model(a)
+    assert loaded == (["a", "b", "a"] if working_weights else ["a", "b"])

@@ -137,6 +137,29 @@ def test_cancel_between_steps_restores_weights_and_saves_nothing(mm, pristine):
     assert _same_weights(_weights(mm, "sd1"), pristine["sd1"])
 
 
+def test_out_of_memory_mid_generation_is_a_clear_error_and_restores(mm, pristine):
+    """A device that runs out of memory in the UNet (raised here by a hook at the second
+    step) ends in a GenerationError naming what to change; weights restored, nothing saved."""
+    unet = _loaded(mm, "sd1").pipe.unet
+    calls = []
+
+    def oom(_module, _args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    before = mm.images.count()
+    hook = unet.register_forward_pre_hook(oom)
+    try:
+        req = tiny_request("sd1", steps=3, loras=[{"name": "sd1-b", "weight": 1.0}])
+        with pytest.raises(GenerationError, match=r"out of cpu memory generating .*smaller size"):
+            generate(req, manager=mm)
+    finally:
+        hook.remove()
+    assert mm.images.count() == before
+    assert _same_weights(_weights(mm, "sd1"), pristine["sd1"])
+
+
 def test_progress_events_batch_seeds_and_preview(mm):
     events: list[StepEvent] = []
     result = generate(
