@@ -22,5 +22,6 @@ $py bench/lora_switch.py --device cuda --switches 10 --unet-steps 10 2>&1 \
     | tee "$out/lora_switch.txt"
 cp docs/benchmarks.md "$out/"
 # generation end to end on the GPU (fp16 root: same pixels twice, weights restored bit for bit)
-$py -m pytest -q -p no:cacheprovider tests/generation/test_cache.py -k "on_its_device" 2>&1 \
+$py -m pytest -q -p no:cacheprovider tests/generation/test_cache.py tests/lora/test_patch.py \
+    -k "on_its_device" 2>&1 \
     | tee "$out/pytest_cuda.txt"

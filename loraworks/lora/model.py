@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -70,29 +72,13 @@ class LoRA:
         one per tensor: a LoCon holds ~1000 small tensors, and each pageable host-to-GPU copy
         is a synchronous driver call."""
         cap = torch.finfo(dtype).max if dtype is not None and dtype.is_floating_point else None
-        slots: list[tuple[object, str]] = []
         for layer in self.layers.values():
-            inner = getattr(layer, "inner", None)
-            for obj in (layer, inner, layer.sparse, getattr(inner, "sparse", None)):
-                if obj is not None:
-                    slots += [
-                        (obj, attr)
-                        for attr, val in vars(obj).items()
-                        if isinstance(val, torch.Tensor) and val.is_floating_point()
-                    ]
-            for part in (layer, inner):
+            for part in (layer, getattr(layer, "inner", None)):
                 if cap is not None and part is not None and part.max_abs:
                     # a value beyond the new dtype's range becomes inf there (rounding inside
                     # it stays far within the overflow bound's 4x margin)
                     part.max_abs = {k: v if v <= cap else math.inf for k, v in part.max_abs.items()}
-        tensors = [getattr(obj, attr) for obj, attr in slots]
-        target = None if device is None else torch.device(device)
-        if target is not None and any(t.device != target for t in tensors):
-            moved = move_packed(tensors, target, dtype)
-        else:
-            moved = [t.to(dtype=dtype) for t in tensors]
-        for (obj, attr), t in zip(slots, moved, strict=True):
-            setattr(obj, attr, t)
+        _move(self.layers.values(), device, dtype)
         return self
 
     def __repr__(self) -> str:
@@ -101,6 +87,52 @@ class LoRA:
             f"LoRA(name={self.name!r}, base={self.base!r}, format={self.format!r}, "
             f"layers={len(self.layers)} [{kinds}])"
         )
+
+
+def layer_copies_on(layers: list[Layer], device: torch.device) -> dict[int, Layer]:
+    """Copies of `layers` (by id) with their tensors on `device`, moved in one transfer per
+    dtype; the layers given are untouched (their LoRA may be in use elsewhere)."""
+    copies = {id(layer): _copy_layer(layer) for layer in layers}
+    _move(copies.values(), device)
+    return copies
+
+
+def _copy_layer(layer: Layer) -> Layer:
+    out = copy.copy(layer)
+    if out.sparse is not None:
+        out.sparse = copy.copy(out.sparse)
+    inner = getattr(out, "inner", None)
+    if inner is not None:
+        out.inner = _copy_layer(inner)
+    return out
+
+
+def _move(layers: Iterable[Layer], device, dtype: torch.dtype | None = None) -> None:
+    """Every floating-point tensor of `layers` (theirs, a DoRA's inner layer's, a sparse
+    diff's) to `device`/`dtype`, set back on the objects that held them."""
+    slots: list[tuple[object, str]] = []
+    for layer in layers:
+        inner = getattr(layer, "inner", None)
+        for obj in (layer, inner, layer.sparse, getattr(inner, "sparse", None)):
+            if obj is not None:
+                slots += [
+                    (obj, attr)
+                    for attr, val in vars(obj).items()
+                    if isinstance(val, torch.Tensor) and val.is_floating_point()
+                ]
+    tensors = [getattr(obj, attr) for obj, attr in slots]
+    target = None if device is None else torch.device(device)
+    if target is not None and not all(_is_on(t, target) for t in tensors):
+        moved = move_packed(tensors, target, dtype)
+    else:
+        moved = [t.to(dtype=dtype) for t in tensors]
+    for (obj, attr), t in zip(slots, moved, strict=True):
+        setattr(obj, attr, t)
+
+
+def _is_on(t: torch.Tensor, device: torch.device) -> bool:
+    """`device` without an index ("cuda") means the one a tensor there would be on."""
+    return t.device.type == device.type and device.index in (None, t.device.index)
 
 
 def move_packed(

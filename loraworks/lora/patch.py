@@ -47,7 +47,7 @@ from torch import nn
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .keys import flatten, text_encoder_candidates
 from .layers import Layer
-from .model import COMPONENTS, LoRA
+from .model import COMPONENTS, LoRA, layer_copies_on
 
 Weight = float | Mapping[str, float]
 Stack = Sequence[tuple[LoRA, Weight]]
@@ -187,12 +187,38 @@ def free_bytes(dev: torch.device) -> int | None:
     return None
 
 
-def _check_memory(targets: list[_Target]) -> None:
+def _layers_away(targets: list[_Target]) -> dict[torch.device, list[Layer]]:
+    """Per device, the layers whose tensors are elsewhere (a LoRA in host memory patching a
+    GPU model), each once."""
+    away: dict[torch.device, dict[int, Layer]] = {}
+    for t in targets:
+        dev = t.module.weight.device
+        for layer, _ in t.items:
+            first = next(iter(layer.all_tensors().values()), None)
+            if first is not None and first.device != dev:
+                away.setdefault(dev, {})[id(layer)] = layer
+    return {dev: list(layers.values()) for dev, layers in away.items()}
+
+
+def _stage(targets: list[_Target], away: dict[torch.device, list[Layer]]) -> None:
+    """Swap the layers in `away` for copies on their module's device, moved in one transfer
+    per device and dtype instead of two synchronous copies per layer as each is applied. The
+    copies live as long as `targets`; the LoRA objects are not changed."""
+    copies: dict[int, Layer] = {}
+    for dev, layers in away.items():
+        copies.update(layer_copies_on(layers, dev))
+    if copies:
+        for t in targets:
+            t.items = [(copies.get(id(layer), layer), m) for layer, m in t.items]
+
+
+def _check_memory(targets: list[_Target], away: dict[torch.device, list[Layer]]) -> None:
     """Refuse, before allocating anything, a stack whose patched weights cannot fit.
 
-    Peak while applying: every patched weight's new tensor (kept while patched) plus, for the
-    largest module, an fp32 copy of the original and an fp32 accumulator."""
-    need: dict[torch.device, int] = {}
+    Peak while applying: every patched weight's new tensor (kept while patched), the LoRA
+    layers copied over from another device, plus, for the largest module, an fp32 copy of the
+    original and an fp32 accumulator."""
+    need = {dev: sum(layer.nbytes() for layer in layers) for dev, layers in away.items()}
     biggest: dict[torch.device, int] = {}
     for t in targets:
         w = t.module.weight
@@ -264,12 +290,14 @@ class LoRAPatcher:
             t0 = time.perf_counter()
             report = PatchReport()
             targets = self._plan(stack, strict, report)
-            _check_memory(targets)
+            away = _layers_away(targets)
+            _check_memory(targets, away)
             self._restore_locked(keep=True)
             try:
                 if targets:
                     self._claim()
                     try:
+                        _stage(targets, away)
                         self._apply(targets, report)
                     except BaseException as exc:
                         self._restore_locked(keep=False)

@@ -302,3 +302,24 @@ def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeyp
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 3 * gib)
     assert free_bytes(torch.device("cuda", 0)) == 3 * gib
     assert free_bytes(torch.device("meta")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_a_host_lora_on_a_cuda_model_on_its_device():
+    """A LoRA left in host memory patches a GPU model through one staged copy (`_stage`): the
+    same weights as the LoRA moved there first, the LoRA itself still on the host, the model
+    restored bit for bit."""
+    c = build_components("sd1")
+    for m in c.as_mapping().values():
+        m.to("cuda", torch.float16)
+    snap = snapshot(c)
+    host = load_lora((kohya_lora(c), {}))  # drawn on the host whatever the model's device
+    moved = load_lora((kohya_lora(c), {})).to("cuda")
+    with apply_loras(c.as_mapping(), [(moved, 0.8)]):
+        want = snapshot(c)
+    assert_bit_exact(c, snap)
+    with apply_loras(c.as_mapping(), [(host, 0.8)]):
+        got = snapshot(c)
+    assert_bit_exact(c, snap)
+    assert host.device.type == "cpu"
+    assert all(torch.equal(got[k], want[k]) for k in want)
