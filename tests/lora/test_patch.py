@@ -304,6 +304,36 @@ def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeyp
     assert free_bytes(torch.device("meta")) is None
 
 
+def test_staged_layer_copies_patch_the_same_weights_and_leave_the_lora_alone(monkeypatch):
+    """The staging path (`_stage`, taken for a host LoRA on a GPU model) forced on the CPU:
+    the copies patch what the LoRA's own layers patch, and the LoRA keeps its layer objects
+    and tensors. (On a GPU: `test_a_host_lora_on_a_cuda_model_on_its_device`.)"""
+    from loraworks.lora import model, patch
+
+    c = build_components("sd1")
+    lora = load_lora((kohya_lora(c), {}))
+    with apply_loras(c.as_mapping(), [(lora, 0.8)]):
+        want = snapshot(c)
+    layers = dict(lora.layers)
+    tensors = {k: dict(v.all_tensors()) for k, v in layers.items()}
+    staged: list[int] = []
+
+    def every_layer(targets):
+        out = {torch.device("cpu"): [layer for t in targets for layer, _ in t.items]}
+        staged.append(len(out[torch.device("cpu")]))
+        return out
+
+    monkeypatch.setattr(patch, "_layers_away", every_layer)
+    monkeypatch.setattr(model, "_is_on", lambda _t, _d: False)  # copy, as to another device
+    with apply_loras(c.as_mapping(), [(lora, 0.8)]) as report:
+        got = snapshot(c)
+    assert staged == [len(layers)] and report.applied == len(layers)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert lora.layers == layers
+    for k, layer in lora.layers.items():
+        assert all(t is tensors[k][leaf] for leaf, t in layer.all_tensors().items())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 def test_a_host_lora_on_a_cuda_model_on_its_device():
     """A LoRA left in host memory patches a GPU model through one staged copy (`_stage`): the
