@@ -135,19 +135,38 @@ def _is_on(t: torch.Tensor, device: torch.device) -> bool:
     return t.device.type == device.type and device.index in (None, t.device.index)
 
 
+#: largest staging buffer of `move_packed`: packing costs that much extra memory on the source
+#: side for a moment (a 4 GB full-weight LyCORIS file must not need 4 GB more host RAM)
+PACK_BYTES = 256 * 2**20
+
+
 def move_packed(
     tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype | None = None
 ) -> list[torch.Tensor]:
-    """`[t.to(device, dtype) for t in tensors]` in one copy per source (device, dtype): each
-    group is flattened into one buffer, moved, and split back into views of it. A tensor that
-    appears twice comes back as one tensor."""
+    """`[t.to(device, dtype) for t in tensors]` in one copy per source (device, dtype) and
+    `PACK_BYTES`: the tensors of a pack are flattened into one buffer, moved, and split back
+    into views of it. A tensor that appears twice comes back as one tensor."""
     out: dict[int, torch.Tensor] = {}
     groups: dict[tuple[torch.device, torch.dtype], dict[int, torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.device, t.dtype), {})[id(t)] = t
     for members in groups.values():
-        flat = torch.cat([t.reshape(-1) for t in members.values()]).to(device, dtype)
-        sizes = [t.numel() for t in members.values()]
-        for (key, t), part in zip(members.items(), flat.split(sizes), strict=True):
-            out[key] = part.view(t.shape)
+        for pack in _packs(list(members.values())):
+            flat = torch.cat([t.reshape(-1) for t in pack]).to(device, dtype)
+            for t, part in zip(pack, flat.split([t.numel() for t in pack]), strict=True):
+                out[id(t)] = part.view(t.shape)
     return [out[id(t)] for t in tensors]
+
+
+def _packs(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive runs of `tensors` of at most `PACK_BYTES` each (a bigger tensor alone)."""
+    packs: list[list[torch.Tensor]] = [[]]
+    used = 0
+    for t in tensors:
+        size = t.numel() * t.element_size()
+        if packs[-1] and used + size > PACK_BYTES:
+            packs.append([])
+            used = 0
+        packs[-1].append(t)
+        used += size
+    return packs

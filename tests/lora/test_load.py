@@ -130,6 +130,20 @@ def test_move_packed_is_one_copy_per_dtype_with_the_same_values():
         assert len(storages) == 2  # fp32 and fp16 sources
 
 
+def test_move_packed_packs_at_most_pack_bytes(monkeypatch):
+    """A huge LoRA is moved in packs, so packing never holds all of it twice."""
+    from loraworks.lora import model
+
+    monkeypatch.setattr(model, "PACK_BYTES", 64)
+    tensors = [torch.full((n,), float(n)) for n in (4, 8, 20, 3, 1)]  # fp32: 16/32/80/12/4 B
+    moved = move_packed(tensors, torch.device("cpu"), torch.float64)
+    assert all(torch.equal(m, t.double()) for m, t in zip(moved, tensors, strict=True))
+    storages = [m.untyped_storage().data_ptr() for m in moved]
+    assert (
+        storages[0] == storages[1] and len(set(storages[1:4])) == 3 and storages[3] == storages[4]
+    )
+
+
 def test_lora_to_another_device_moves_every_tensor_and_keeps_shapes(sd1_lora):
     lora = load_lora((sd1_lora, {}))
     before = {
