@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -31,10 +32,12 @@ PEFT_OFT_UNET_TARGETS = PEFT_UNET_TARGETS.replace("|conv1)", ")")
 
 def peft_config(kind: str, targets):
     """PEFT configs with alpha ≠ r, so that a loader that ignores alpha fails."""
-    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
+    from peft import BOFTConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
     if kind in PEFT_OFT_KINDS:
         return OFTConfig(oft_block_size=4, target_modules=targets, **PEFT_OFT_KINDS[kind])
+    if kind == "boft":  # one stage: PEFT builds more only with its CUDA kernel
+        return BOFTConfig(boft_block_size=4, target_modules=targets)
     if kind == "ia3":
         ff = r".*\.ff\.net\.2$" if isinstance(targets, str) else ["fc2"]
         return IA3Config(target_modules=targets, feedforward_modules=ff)
@@ -53,7 +56,9 @@ PEFT_OFT_KINDS = {
     "oft_cayley": dict(use_cayley_neumann=False),
     "oft_coft": dict(coft=True, eps=0.05),
 }
-PEFT_KINDS = ("lora", "dora", "rslora", "loha", "lokr", "ia3", *PEFT_OFT_KINDS)
+PEFT_KINDS = ("lora", "dora", "rslora", "loha", "lokr", "ia3", *PEFT_OFT_KINDS, "boft")
+#: kinds PEFT gives no user weight (and no working `set_scale`)
+PEFT_UNWEIGHTED = ("ia3", "boft", *PEFT_OFT_KINDS)
 
 
 @torch.no_grad()
@@ -67,6 +72,8 @@ def randomise_peft(model: torch.nn.Module, gen: torch.Generator) -> None:
             p.mul_(1 + 0.1 * noise)
         elif "ia3_l" in name:
             p.copy_(1 + 0.3 * noise)
+        elif "boft_s" in name:
+            p.copy_(1 + 0.05 * noise)
         else:
             p.copy_(noise * (0.2 if "hada_" in name else 0.05))
 
@@ -86,21 +93,22 @@ def peft_set_weight(models, weight: Weight) -> None:
 def peft_folder(base: str, kind: str, folder: Path) -> Produced:
     """A PEFT folder (adapter_model.safetensors + adapter_config.json) for the UNet."""
     from peft import get_peft_model
+    from peft.tuners.boft import layer as boft
 
     comps = fresh(base)
     targets = PEFT_OFT_UNET_TARGETS if kind in PEFT_OFT_KINDS else PEFT_UNET_TARGETS
-    model = get_peft_model(comps.unet, peft_config(kind, targets))
+    with patch.object(boft, "get_fbd_cuda", lambda: None):  # never try to compile its kernel
+        model = get_peft_model(comps.unet, peft_config(kind, targets))
     randomise_peft(model, torch.Generator().manual_seed(2))
     out = folder / f"peft_{kind}_{base}"
     model.save_pretrained(str(out))
 
     def reference(weight: Weight) -> Outputs:
-        if kind not in PEFT_OFT_KINDS:  # PEFT OFT layers have `set_scale` but no scaling
+        if kind not in PEFT_UNWEIGHTED:
             peft_set_weight({"unet": comps.unet}, weight)
         return forward_all(comps.as_mapping())
 
-    # PEFT has no user weight for IA3 and OFT
-    weights = (1.0,) if kind == "ia3" or kind in PEFT_OFT_KINDS else WEIGHTS
+    weights = (1.0,) if kind in PEFT_UNWEIGHTED else WEIGHTS
     return Produced(f"peft_{kind}", base, out, reference, weights, targets=("unet",))
 
 

@@ -29,6 +29,7 @@ _LEAF_MAP = {
     "oft_R.weight": "oft_R",
     "oft_r": "oft_r",
     "boft_R": "boft_R",
+    "boft_s": "boft_s",
 }
 _PASS = "hada_w1_a hada_w1_b hada_w2_a hada_w2_b hada_t1 hada_t2 lokr_w1 lokr_w1_a lokr_w1_b"
 for _n in (*_PASS.split(), "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):

@@ -18,6 +18,7 @@ from .lokr import LoKrLayer
 from .lora import LoRALayer
 from .norm import NormLayer
 from .oft import BOFTLayer, OFTLayer
+from .peft_boft import PeftBOFTLayer
 from .peft_oft import PeftOFTLayer
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "LoRALayer",
     "NormLayer",
     "OFTLayer",
+    "PeftBOFTLayer",
     "PeftOFTLayer",
     "SparseDiff",
     "layer_from_leaves",
@@ -52,6 +54,7 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
     ("w_norm", NormLayer),
     ("oft_blocks", OFTLayer),
     ("oft_R", PeftOFTLayer),
+    ("boft_R", PeftBOFTLayer),
     ("ia3_l", IA3Layer),
     ("on_input", IA3Layer),
     ("weight", IA3Layer),
@@ -59,7 +62,6 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
 _UNSUPPORTED = {
     "oft_diag": "OFT in the LyCORIS 2 layout (oft_diag)",
     "oft_r": "OFT in PEFT's older layout (oft_r)",
-    "boft_R": "PEFT BOFT",
     "a1.weight": "GLoRA",
     "b1.weight": "GLoRA",
 }
