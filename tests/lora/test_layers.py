@@ -323,3 +323,40 @@ def test_sparse_bias_out_of_range_is_a_format_error():
            "bias_size": torch.tensor([4, 6])}  # fmt: skip
     with pytest.raises(LoRAFormatError, match="outside"):
         layer_from_leaves({**leaves, **bad})
+
+
+def test_glora_both_layouts_by_hand():
+    """LyCORIS ≥ 2: ΔW = m·(α/r)·(W·a1·a2 + b1·b2) over the input channels (a conv's 1x1 a
+    factors, its b2 with the kernel); the first LyCORIS layout: m·(α/r)·(W·a2·a1 + b2·b1), W
+    flat. (The parity suite checks today's layout against LyCORIS 4.1.3's own forward.)"""
+    out, cin, r, k = 6, 5, 2, 3
+    w = rnd(out, cin, k, k)
+    a1, a2, b1, b2 = rnd(cin, r, 1, 1), rnd(r, cin, 1, 1), rnd(out, r, 1, 1), rnd(r, cin, k, k)
+    alpha = torch.tensor(3.0)
+    leaves = {"a1.weight": a1, "a2.weight": a2, "b1.weight": b1, "b2.weight": b2, "alpha": alpha}
+    layer = layer_from_leaves(leaves)
+    assert layer.kind == "glora" and not layer.old and layer.check(tuple(w.shape)) is None
+    expect = torch.zeros(out, cin, k, k)
+    for o in range(out):
+        for j in range(cin):
+            for i in range(cin):
+                turn = sum(a1[i, q, 0, 0] * a2[q, j, 0, 0] for q in range(r))
+                expect[o, j] += w[o, i] * turn
+            expect[o, j] += sum(b1[o, q, 0, 0] * b2[q, j] for q in range(r))
+    got = res(layer, w, 0.7)["weight"]
+    torch.testing.assert_close(got, 0.7 * 1.5 * expect, rtol=1e-5, atol=1e-5)
+    assert "does not fit" in layer.check((out, cin + 1, k, k))
+
+    fan_in = cin * k * k
+    o1, o2, p1, p2 = rnd(r, fan_in), rnd(fan_in, r), rnd(r, fan_in), rnd(out, r)
+    old = layer_from_leaves(
+        {"a1.weight": o1, "a2.weight": o2, "b1.weight": p1, "b2.weight": p2, "alpha": alpha}
+    )
+    assert old.old and old.rank == r and old.check(tuple(w.shape)) is None
+    flat = w.reshape(out, -1)
+    expect_old = (flat @ o2 @ o1 + p2 @ p1).reshape(w.shape)
+    torch.testing.assert_close(res(old, w, -1.0)["weight"], -1.5 * expect_old)
+    with pytest.raises(LoRAFormatError, match="do not chain"):
+        layer_from_leaves(
+            {"a1.weight": o1, "a2.weight": o2, "b1.weight": p1, "b2.weight": rnd(6, 3)}
+        )

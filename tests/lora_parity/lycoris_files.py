@@ -57,6 +57,7 @@ LYCORIS_KINDS: dict[str, dict] = {
     "boft_constrained_rescaled": dict(
         network_module="boft", lora_dim=12, constraint=1e-3, rescaled=True
     ),
+    "glora": dict(network_module="glora"),
 }
 
 _STD = {"loha": 0.3, "ia3": 0.3, "full": 0.02, "lokr": 0.1}

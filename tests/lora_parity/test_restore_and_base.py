@@ -17,8 +17,9 @@ from tests.lora_parity.catalogue import FACTORIES, cases
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # kinds that between them touch every patch path: low-rank (linear, conv, Tucker), Hadamard,
-# Kronecker, DoRA (reads W), IA3 (scales W), full diff with bias, norm weights and biases
-RESTORE_KINDS = ("locon_tucker", "loha", "lokr", "dora", "ia3", "full", "norm")
+# Kronecker, DoRA (reads W), IA3 (scales W), full diff with bias, norm weights and biases,
+# GLoRA (turns W)
+RESTORE_KINDS = ("locon_tucker", "loha", "lokr", "dora", "ia3", "full", "norm", "glora")
 
 
 @pytest.fixture(scope="module", params=BASES)
@@ -57,7 +58,7 @@ def test_restore_is_bit_exact(restore_loras, dtype, raises):
     base, loras = restore_loras
     components = {c: m.to(dtype) for c, m in P.fresh(base).as_mapping().items()}
     before = snapshot(components)
-    weights = [0.7, -0.4, {"unet": 1.0, "text_encoder": 0.5}, 0.9, 1.0, 0.3, 0.8]
+    weights = [0.7, -0.4, {"unet": 1.0, "text_encoder": 0.5}, 0.9, 1.0, 0.3, 0.8, 0.6]
 
     class Boom(Exception):
         pass

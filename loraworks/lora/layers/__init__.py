@@ -12,6 +12,7 @@ from ..errors import LoRAFormatError
 from .base import LYCORIS, Convention, Layer, SparseDiff, Tensor
 from .dora import DoRALayer
 from .full import FullLayer
+from .glora import GLoRALayer
 from .ia3 import IA3Layer
 from .loha import LoHaLayer
 from .lokr import LoKrLayer
@@ -27,6 +28,7 @@ __all__ = [
     "Convention",
     "DoRALayer",
     "FullLayer",
+    "GLoRALayer",
     "IA3Layer",
     "Layer",
     "LoHaLayer",
@@ -55,6 +57,7 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
     ("oft_blocks", OFTLayer),
     ("oft_R", PeftOFTLayer),
     ("boft_R", PeftBOFTLayer),
+    ("a1.weight", GLoRALayer),
     ("ia3_l", IA3Layer),
     ("on_input", IA3Layer),
     ("weight", IA3Layer),
@@ -62,8 +65,6 @@ _KINDS: tuple[tuple[str, type[Layer]], ...] = (
 _UNSUPPORTED = {
     "oft_diag": "OFT in the LyCORIS 2 layout (oft_diag)",
     "oft_r": "OFT in PEFT's older layout (oft_r)",
-    "a1.weight": "GLoRA",
-    "b1.weight": "GLoRA",
 }
 
 
