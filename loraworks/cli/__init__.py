@@ -4,6 +4,7 @@ Python API; this module just assembles them."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -21,4 +22,9 @@ for _name in ("models", "generate", "train", "demo", "serve"):
 
 
 def main() -> None:
+    # transformers' and diffusers' notes for library developers (e.g. that their image
+    # processors would like torchvision, which loraworks never uses) are not for this command's
+    # users; an explicit setting in the environment wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     app()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,35 @@ def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
         kwargs.setdefault("requires_safety_checker", False)
         kwargs.setdefault("feature_extractor", None)
     try:
-        if record.format == "diffusers":
-            return cls.from_pretrained(str(record.path), local_files_only=True, **kwargs)
-        if record.format == "checkpoint":
-            from loraworks.models.singlefile import load_checkpoint
+        with _without_loading_bars():
+            if record.format == "diffusers":
+                return cls.from_pretrained(str(record.path), local_files_only=True, **kwargs)
+            if record.format == "checkpoint":
+                from loraworks.models.singlefile import load_checkpoint
 
-            return load_checkpoint(cls, record.path, record.base or "sd1", cache, **kwargs)
+                return load_checkpoint(cls, record.path, record.base or "sd1", cache, **kwargs)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"'{record.name}': cannot be loaded ({exc})") from None
     raise ModelError(f"'{record.name}': no loader for format '{record.format}'")
+
+
+@contextmanager
+def _without_loading_bars() -> Iterator[None]:
+    """diffusers and transformers draw a bar per pipeline component and per weights file; the
+    CLI and the server report progress their own way, and a server log of model loads should
+    not fill with bars. Each library's setting is put back afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [
+        lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()
+    ]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()

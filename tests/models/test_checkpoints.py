@@ -84,12 +84,19 @@ def test_single_file_sd1_checkpoint_installs_and_loads_offline(
     assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
 
 
-def test_diffusers_folder_installs_and_loads(mm, tmp_path):
+def test_diffusers_folder_installs_and_loads(mm, tmp_path, capsys):
+    """… with no loading bars (the CLI and server report progress their own way), and the
+    libraries' bar settings as they were afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+
     original = build_pipeline("sd1", tmp_path / "tok")
     original.save_pretrained(tmp_path / "tiny-sd1")
     record = mm.install(tmp_path / "tiny-sd1", name="tiny")
     assert (record.type, record.base, record.format) == ("main", "sd1", "diffusers")
+    capsys.readouterr()
     pipe = mm.load_main("tiny")
+    assert "Loading pipeline components" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()
     _same_weights(original.unet, pipe.unet)
     prompt = "a red circle on a white background"
     gen = torch.Generator().manual_seed(0)
