@@ -8,14 +8,20 @@ SD1/SD2/SDXL models, at weight 1:
 * loraworks: `load_lora` + `apply_loras`;
 * diffusers: the call its users make — `pipe.load_lora_weights(file)` (a PEFT folder:
   `load_lora_weights(folder, weight_name="adapter_model.safetensors")`) — with the adapters
-  active as loaded.
+  active as loaded;
+* InvokeAI (``--invokeai-path``, as in `bench/lora_apply.py`; never a dependency): what its
+  `LoRALoader` does for an SD1/SD2/SDXL LoRA once its probe has accepted the file with the
+  right base — `normalize_peft_adapter_names`, for SDXL `convert_sdxl_keys_to_diffusers_format`,
+  `lora_model_from_sd_state_dict` — then its direct patcher on every component with its own
+  prefixes. Its probe, which may refuse a file first, is not run: this is its best case.
 
 Each result is the relative error of the model's outputs against the producer's own forward
 (max|engine − reference| / max|reference − unpatched|, as in the parity tests): "same" ≤ 1e-3,
 "nothing" ≈ 1 (the file changed nothing), else "wrong"; or the error the engine raised.
 Warnings in which diffusers or PEFT say they left part of the file out are counted.
 
-    .venv/bin/python bench/format_coverage.py --bases sd1 sdxl
+    .venv/bin/python bench/format_coverage.py \
+        --invokeai-path /work/invokeai-pkg /work/invokeai-stubs
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from loraworks.lora import apply_loras, load_lora  # noqa: E402
 from tests.fixtures.models import BASES  # noqa: E402
@@ -111,6 +117,65 @@ def _diffusers(produced: P.Produced):
     return forward_all(comps.as_mapping()), "", left_out
 
 
+def _invokeai(produced: P.Produced, inv):
+    """InvokeAI's SD LoRA loading and direct patching (see the module docstring)."""
+    from contextlib import ExitStack
+
+    from safetensors.torch import load_file
+
+    patcher, from_sd, normalize, sdxl_keys = inv
+    source = Path(produced.source)
+    if source.is_dir():
+        names = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+        source = next(source / n for n in names if (source / n).exists())
+    comps = P.fresh(produced.base)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    if produced.base == "sdxl":
+        prefixes = {
+            "unet": "lora_unet_",
+            "text_encoder": "lora_te1_",
+            "text_encoder_2": "lora_te2_",
+        }
+    try:
+        sd = normalize(load_file(str(source)))
+        if produced.base == "sdxl":
+            sd = sdxl_keys(sd)
+        patch = from_sd(sd)
+        with ExitStack() as stack:
+            for comp, model in comps.as_mapping().items():
+                # its pinned transformers (5.5) has CLIP's `text_model` level, ours has not
+                level = "" if comp == "unet" or hasattr(model, "text_model") else "text_model_"
+                stack.enter_context(
+                    patcher.apply_smart_model_patches(
+                        model=model,
+                        patches=[(patch, 1.0)],
+                        prefix=prefixes[comp] + level,
+                        dtype=model.dtype,
+                        force_direct_patching=True,
+                    )
+                )
+            return forward_all(comps.as_mapping()), ""
+    except Exception as e:  # whatever InvokeAI raises is the result
+        return None, f"refused: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+
+
+def import_invokeai(paths: list[str]):
+    """(patcher, loader, PEFT-name normaliser, SDXL key converter) and its version, or None."""
+    from lora_apply import import_invokeai as import_patcher
+
+    found, version = import_patcher(paths)
+    if found is None:
+        return None, version
+    from invokeai.backend.patches.lora_conversions.peft_adapter_utils import (  # type: ignore
+        normalize_peft_adapter_names,
+    )
+    from invokeai.backend.patches.lora_conversions.sdxl_lora_conversion_utils import (  # type: ignore
+        convert_sdxl_keys_to_diffusers_format,
+    )
+
+    return (*found, normalize_peft_adapter_names, convert_sdxl_keys_to_diffusers_format), version
+
+
 def _cell(outputs, message: str, produced, reference, unpatched, notes=()) -> str:
     if outputs is None:
         return message
@@ -124,6 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
     ap.add_argument("--only", nargs="*", default=None, help="catalogue names (default: all)")
+    ap.add_argument("--invokeai-path", nargs="*", default=[], help="see bench/lora_apply.py")
     args = ap.parse_args()
     torch.manual_seed(0)
     import diffusers
@@ -132,10 +198,15 @@ def main() -> None:
     transformers_logging.set_verbosity_error()  # its load reports of the PEFT-wrapped CLIPs
 
     folder = Path(tempfile.mkdtemp(prefix="coverage_"))
-    print(f"diffusers {diffusers.__version__}, torch {torch.__version__}; weight 1, fp32")
-    print("| file (producer, kind) | base | loraworks | diffusers `load_lora_weights` |")
-    print("|---|---|---|---|")
-    counts = {"loraworks": 0, "diffusers": 0, "files": 0}
+    inv, inv_version = import_invokeai(args.invokeai_path) if args.invokeai_path else (None, "")
+    print(
+        f"diffusers {diffusers.__version__}, InvokeAI {inv_version or 'not run'}, "
+        f"torch {torch.__version__}; weight 1, fp32"
+    )
+    header = "| file (producer, kind) | base | loraworks | diffusers `load_lora_weights` |"
+    print(header + (" InvokeAI loader + direct patcher |" if inv else ""))
+    print("|---|---|---|---|" + ("---|" if inv else ""))
+    counts = {"loraworks": 0, "diffusers": 0, "InvokeAI": 0, "files": 0}
     for name in args.only or FACTORIES:
         for base in args.bases:
             produced = FACTORIES[name](base, folder)
@@ -146,14 +217,18 @@ def main() -> None:
             ours = _cell(*_ours(produced), produced, reference, unpatched)
             outputs, message, notes = _diffusers(produced)
             theirs = _cell(outputs, message, produced, reference, unpatched, notes)
+            row = f"| {name} | {base} | {ours} | {theirs} |"
+            if inv:
+                invoke = _cell(*_invokeai(produced, inv), produced, reference, unpatched)
+                counts["InvokeAI"] += invoke.startswith("same")
+                row += f" {invoke} |"
             counts["files"] += 1
             counts["loraworks"] += ours.startswith("same")
             counts["diffusers"] += theirs.startswith("same") and not notes
-            print(f"| {name} | {base} | {ours} | {theirs} |", flush=True)
-    print(
-        f"\nPatched as the producer meant: loraworks {counts['loraworks']} of "
-        f"{counts['files']}, diffusers {counts['diffusers']} of {counts['files']}."
-    )
+            print(row, flush=True)
+    engines = ["loraworks", "diffusers"] + (["InvokeAI"] if inv else [])
+    scores = ", ".join(f"{e} {counts[e]} of {counts['files']}" for e in engines)
+    print(f"\nPatched as the producer meant: {scores}.")
 
 
 if __name__ == "__main__":
