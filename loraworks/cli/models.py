@@ -95,6 +95,12 @@ def _status(record) -> str:
     return f"{record.status}: {record.error}" if record.error else record.status
 
 
+def _format(record: ModelRecord) -> str:
+    """The key family and, for a LoRA, its layer kinds: `kohya (loha ×120)`."""
+    kinds = ", ".join(f"{kind} ×{n}" for kind, n in record.layer_kinds.items())
+    return f"{record.format} ({kinds})" if kinds else record.format
+
+
 def _base(record: ModelRecord) -> str:
     """The probed base, plus the others it fits: `--base sd1` lists a CLIP-L-only SDXL LoRA."""
     others = [b for b in record.compatible_bases if b != record.base]
@@ -132,7 +138,7 @@ def list_models(
                 r.name,
                 r.type,
                 _base(r),
-                r.format,
+                _format(r),
                 "yes" if r.is_lcm else "",
                 "" if r.default_weight is None else f"{r.default_weight:g}",
                 ", ".join(r.trigger_words),
@@ -160,8 +166,10 @@ def show(
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for field, value in record.model_dump().items():
-            if field == "metadata":
+            if field in ("metadata", "layer_kinds"):
                 continue
+            if field == "format":
+                value = _format(record)
             if isinstance(value, list):
                 value = ", ".join(map(str, value))
             table.add_row(field, Text("" if value is None else str(value)))

@@ -70,6 +70,12 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE type != 'lora' AND base IS NOT NULL;
     UPDATE models SET compatible_bases = '[]' WHERE base IS NULL;
     """,
+    # 3: a LoRA's layer kinds (`{"loha": 120}`); LoRA rows stay NULL until the manager
+    # re-probes their files on open, as for migration 2.
+    """
+    ALTER TABLE models ADD COLUMN layer_kinds TEXT;
+    UPDATE models SET layer_kinds = '{}' WHERE type != 'lora';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -148,15 +154,18 @@ class Database:
         return {r[0] for r in rows}
 
     def unprobed_loras(self) -> list[StoredModel]:
-        """LoRA rows from before migration 2, whose compatible bases are not yet known."""
-        return self.models("WHERE type = 'lora' AND compatible_bases IS NULL")
+        """LoRA rows from before migrations 2 and 3: compatible bases or layer kinds unknown."""
+        return self.models(
+            "WHERE type = 'lora' AND (compatible_bases IS NULL OR layer_kinds IS NULL)"
+        )
 
-    def set_compatible_bases(self, key: str, bases: list[str]) -> None:
-        """Fill one migrated row; a row another process filled (or rescanned) is left alone."""
+    def set_probed_facts(self, key: str, bases: list[str], kinds: dict[str, int]) -> None:
+        """Fill one migrated row; what another process filled (or rescanned) is left alone."""
         with self.transaction() as c:
             c.execute(
-                "UPDATE models SET compatible_bases = ? WHERE key = ? AND compatible_bases IS NULL",
-                (json.dumps(bases), key),
+                "UPDATE models SET compatible_bases = COALESCE(compatible_bases, ?), "
+                "layer_kinds = COALESCE(layer_kinds, ?) WHERE key = ?",
+                (json.dumps(bases), json.dumps(kinds), key),
             )
 
     def upsert(self, c: sqlite3.Connection, stored: StoredModel) -> None:

@@ -68,7 +68,7 @@ class ModelManager:
             raise ModelError(f"{paths.config}: invalid configuration ({exc})") from None
         mm = cls(paths, config, Database(paths.database))
         mm._clean_interrupted_installs()
-        mm._fill_compatible_bases()
+        mm._finish_lora_migrations()
         if scan:
             mm.last_scan = mm.scan()
         return mm
@@ -234,23 +234,23 @@ class ModelManager:
                 raise
         return stored.public()
 
-    def _fill_compatible_bases(self) -> None:
-        """Finish migration 2 once: re-probe LoRAs recorded before records held every base
-        they fit. A file that is gone, changed or unreadable keeps its own base; the next
-        probe of it (a rescan) records the full set."""
+    def _finish_lora_migrations(self) -> None:
+        """Finish migrations 2 and 3 once: re-probe LoRAs recorded before records held every
+        base they fit and their layer kinds. A file that is gone, changed or unreadable keeps
+        its own base and no kinds; the next probe of it (a rescan) records them."""
         rows = self.db.unprobed_loras()
         if rows:
-            log.info("reading the compatible bases of %d LoRA(s) recorded earlier", len(rows))
+            log.info("re-reading %d LoRA(s) recorded by an earlier version", len(rows))
         for stored in rows:
-            bases = stored.compatible_bases  # the record's own base (see StoredModel.from_row)
+            bases, kinds = stored.compatible_bases, {}  # the defaults (StoredModel.from_row)
             if stored.status == "ok":
                 try:
                     found = probe(stored.path, expect="lora")
                 except (ModelError, OSError):
                     found = None
                 if found is not None and found.hash == stored.hash:
-                    bases = found.compatible_bases
-            self.db.set_compatible_bases(stored.key, bases)
+                    bases, kinds = found.compatible_bases, found.layer_kinds
+            self.db.set_probed_facts(stored.key, bases, kinds)
 
     def _clean_interrupted_installs(self) -> None:
         with install_lock(self.paths.install_lock, exclusive=True, wait=False) as held:

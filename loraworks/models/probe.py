@@ -56,6 +56,8 @@ class Probe:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: main-model bases the tensors fit; a LoRA's come from the engine, others fit their own
     compatible_bases: list[BaseName] = field(default_factory=list)
+    #: a LoRA's layers by kind (the engine's `LoRA.kinds`)
+    layer_kinds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.compatible_bases:
@@ -196,6 +198,7 @@ def _lora_probe(
         type="lora",
         base=parsed.base,
         compatible_bases=sorted(parsed.compatible_bases),
+        layer_kinds=dict(sorted(parsed.kinds.items())),
         format=container or parsed.format,
         hash=content_hash(source),
         weights=weights,

@@ -27,6 +27,9 @@ class ModelRecord(BaseModel):
     #: and sdxl); `[base]` when not given, `[]` when the base is unknown
     compatible_bases: list[BaseName] = []
     format: str
+    #: a LoRA's layers by kind, as the engine read them (`{"lora": 176}`, `{"loha": 120}`);
+    #: empty for other models and for a LoRA recorded before kinds were (until re-probed)
+    layer_kinds: dict[str, int] = {}
     path: Path
     in_place: bool
     hash: str | None

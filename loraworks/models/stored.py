@@ -16,7 +16,7 @@ from loraworks.models.metadata import CardFacts
 from loraworks.models.probe import Probe
 from loraworks.models.records import EDITABLE_FIELDS, ModelRecord
 
-_JSON_COLUMNS = ("trigger_words", "compatible_bases", "metadata", "user_edits")
+_JSON_COLUMNS = ("trigger_words", "compatible_bases", "layer_kinds", "metadata", "user_edits")
 
 
 def now() -> str:
@@ -32,8 +32,9 @@ class StoredModel(ModelRecord):
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredModel:
         data = dict(row)
-        if data["compatible_bases"] is None:  # a LoRA row migrated but not yet re-probed
-            del data["compatible_bases"]  # its own base until the manager re-probes it
+        for col in ("compatible_bases", "layer_kinds"):  # a LoRA row migrated, not re-probed
+            if data[col] is None:
+                del data[col]  # the default (its own base, no kinds) until the manager does
         for col in _JSON_COLUMNS:
             if col in data:
                 data[col] = json.loads(data[col])
@@ -73,6 +74,7 @@ class StoredModel(ModelRecord):
             type=found.type,
             base=found.base,
             compatible_bases=found.compatible_bases,
+            layer_kinds=found.layer_kinds,
             format=found.format,
             path=path,
             in_place=in_place,
@@ -99,6 +101,7 @@ class StoredModel(ModelRecord):
             "type": found.type,
             "base": found.base,
             "compatible_bases": found.compatible_bases,
+            "layer_kinds": found.layer_kinds,
             "format": found.format,
             "path": path,
             "source": str(path),

@@ -1,5 +1,6 @@
-"""Records know every base a LoRA fits (the engine's `compatible_bases`), the base filter of
-`list`/`get` uses it, and a database written before the column existed is migrated on open."""
+"""Records know every base a LoRA fits (the engine's `compatible_bases`) and its layer kinds,
+the base filter of `list`/`get` uses the bases, and a database written before those columns
+existed is migrated on open."""
 
 from __future__ import annotations
 
@@ -39,6 +40,28 @@ def _install_three(mm: ModelManager, folder: Path) -> None:
     mm.install(write(folder / "clip-l.safetensors", kohya_clip_l_tensors(), SDXL_META))
     mm.install(write(folder / "unet-xl.safetensors", unet_xl, SDXL_META))
     mm.install(write(folder / "ink.safetensors", kohya_sd1_tensors()))
+
+
+def _layers(record) -> int:
+    """Modules with a `lora_down` in the file itself: what the record's kinds must count."""
+    from safetensors import safe_open
+
+    with safe_open(str(record.path), "pt") as f:
+        return len({k.split(".")[0] for k in f.keys() if k.endswith("lora_down.weight")})  # noqa: SIM118
+
+
+def test_records_count_the_layers_of_each_kind(mm, tmp_path):
+    """A LoHa layer beside the LoRA ones (hand-made LyCORIS keys) is counted as its kind."""
+    g = torch.Generator().manual_seed(0)
+    hada = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+    tensors = kohya_sd1_tensors()
+    for leaf, shape in (("w1_a", (32, 2)), ("w1_b", (2, 32)), ("w2_a", (32, 2)), ("w2_b", (2, 32))):
+        tensors[f"{hada}.hada_{leaf}"] = torch.randn(shape, generator=g) * 0.1
+    record = mm.install(write(tmp_path / "mixed.safetensors", tensors))
+    assert record.layer_kinds == {"lora": _layers(record), "loha": 1}
+    assert mm.get("mixed").layer_kinds == record.layer_kinds  # stored, not just returned
+    main = mm.install(_sd1_checkpoint(tmp_path / "tiny-main.safetensors"))
+    assert main.layer_kinds == {}
 
 
 def _lora_names(mm: ModelManager, base: str) -> set[str]:
@@ -81,6 +104,7 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
     mm.close()
     with sqlite3.connect(db) as c:  # back to the schema the previous code wrote
         c.execute("ALTER TABLE models DROP COLUMN compatible_bases")
+        c.execute("ALTER TABLE models DROP COLUMN layer_kinds")
         c.execute("UPDATE schema_version SET version = 1")
     c.close()
 
@@ -89,11 +113,17 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
         _assert_listed_by_fit(reopened, other_xl=frozenset({"gone"}))
         assert reopened.get("tiny-main").compatible_bases == ["sd1"]
         assert reopened.get("gone").compatible_bases == ["sdxl"]  # unreadable: its own base
+        assert reopened.get("tiny-main").layer_kinds == {}
+        loras = [r for r in reopened.list(type="lora") if r.name != "gone"]
+        assert loras and all(r.layer_kinds == {"lora": _layers(r)} for r in loras)
+        assert reopened.get("gone").layer_kinds == {}
     finally:
         reopened.close()
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-        left = c.execute("SELECT COUNT(*) FROM models WHERE compatible_bases IS NULL")
+        left = c.execute(
+            "SELECT COUNT(*) FROM models WHERE compatible_bases IS NULL OR layer_kinds IS NULL"
+        )
         assert left.fetchone()[0] == 0
     c.close()
 
@@ -102,3 +132,5 @@ def test_cli_lists_a_clip_l_lora_for_sd1_with_its_probed_base(cli, tmp_path):
     cli("install", str(write(tmp_path / "clip-l.safetensors", kohya_clip_l_tensors(), SDXL_META)))
     assert [r["compatible_bases"] for r in cli.json("list", "--base", "sd1")] == [["sd1", "sdxl"]]
     assert "sdxl (+sd1)" in cli("list", "--base", "sd1").stdout
+    n = len(kohya_clip_l_tensors()) // 3  # down, up, alpha per layer
+    assert f"kohya (lora ×{n})" in cli("show", "clip-l").stdout

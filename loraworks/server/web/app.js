@@ -58,6 +58,11 @@ function el(tag, attrs = {}, ...children) {
 const BASE_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
 const baseLabel = (base) => BASE_LABEL[base] || base || "unknown base";
 const fitsLabel = (m) => m.compatible_bases.map(baseLabel).join(", ") || "no known base";
+// the key family and, for a LoRA, its layer kinds: "kohya (loha ×120)"
+const formatLabel = (m) => {
+  const kinds = Object.entries(m.layer_kinds || {}).map(([kind, n]) => `${kind} ×${n}`).join(", ");
+  return kinds ? `${m.format} (${kinds})` : m.format;
+};
 
 // --- models and settings ------------------------------------------------------------------
 
@@ -448,7 +453,7 @@ function renderModelsTable(models) {
     const editable = m.type === "lora";
     return el("tr", { "data-testid": "model-row", dataset: { key: m.key, name: m.name } },
       el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
-      el("td", {}, m.type), el("td", {}, baseLabel(m.base)), el("td", {}, m.format),
+      el("td", {}, m.type), el("td", {}, baseLabel(m.base)), el("td", {}, formatLabel(m)),
       el("td", { class: `status-${m.status}`, "data-testid": "model-status" }, m.status === "ok" ? "ok" : `${m.status}: ${m.error || ""}`),
       el("td", {}, editable ? triggers : ""), el("td", {}, editable ? weight : ""),
       el("td", { class: "actions" },
