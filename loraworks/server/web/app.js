@@ -153,7 +153,7 @@ function renderCards() {
         el("div", { class: "title" }, lora.name),
         el("div", { class: "badges" },
           el("span", { class: "badge", title: "fits " + fitsLabel(lora) }, baseLabel(lora.base)),
-          el("span", { class: "badge" }, lora.format),
+          el("span", { class: "badge", title: formatLabel(lora) }, lora.format),
           lora.is_lcm ? el("span", { class: "badge lcm", "data-testid": "lcm-badge" }, "LCM") : null,
           lora.status !== "ok" ? el("span", { class: "badge error" }, lora.status) : null),
         reason ? el("div", { class: "reason", "data-testid": "incompatible-reason" }, reason) : null,
