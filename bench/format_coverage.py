@@ -119,8 +119,7 @@ def _diffusers(produced: P.Produced):
 
 def _invokeai(produced: P.Produced, inv):
     """InvokeAI's SD LoRA loading and direct patching (see the module docstring)."""
-    from contextlib import ExitStack
-
+    from lora_apply import SD_PREFIXES, invokeai_apply
     from safetensors.torch import load_file
 
     patcher, from_sd, normalize, sdxl_keys = inv
@@ -129,31 +128,14 @@ def _invokeai(produced: P.Produced, inv):
         names = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
         source = next(source / n for n in names if (source / n).exists())
     comps = P.fresh(produced.base)
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    prefixes = SD_PREFIXES
     if produced.base == "sdxl":
-        prefixes = {
-            "unet": "lora_unet_",
-            "text_encoder": "lora_te1_",
-            "text_encoder_2": "lora_te2_",
-        }
+        prefixes = {**SD_PREFIXES, "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     try:
         sd = normalize(load_file(str(source)))
         if produced.base == "sdxl":
             sd = sdxl_keys(sd)
-        patch = from_sd(sd)
-        with ExitStack() as stack:
-            for comp, model in comps.as_mapping().items():
-                # its pinned transformers (5.5) has CLIP's `text_model` level, ours has not
-                level = "" if comp == "unet" or hasattr(model, "text_model") else "text_model_"
-                stack.enter_context(
-                    patcher.apply_smart_model_patches(
-                        model=model,
-                        patches=[(patch, 1.0)],
-                        prefix=prefixes[comp] + level,
-                        dtype=model.dtype,
-                        force_direct_patching=True,
-                    )
-                )
+        with invokeai_apply(comps.as_mapping(), from_sd(sd), patcher, prefixes):
             return forward_all(comps.as_mapping()), ""
     except Exception as e:  # whatever InvokeAI raises is the result
         return None, f"refused: {type(e).__name__}: {str(e).splitlines()[0][:80]}"

@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -205,26 +205,36 @@ def import_invokeai(paths: list[str]) -> tuple[InvokeAI | None, str]:
     return (LayerPatcher, lora_model_from_sd_state_dict), __version__
 
 
-def _invokeai_apply(pipe, patch, inv: InvokeAI) -> ExitStack:
-    """InvokeAI's direct patcher on the UNet and the text encoder, with its own prefixes.
+#: InvokeAI's key prefixes per component (SD1/SD2; SDXL names its text encoders te1/te2)
+SD_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+def invokeai_apply(
+    models: Mapping[str, nn.Module], patch, patcher, prefixes: Mapping[str, str] = SD_PREFIXES
+) -> ExitStack:
+    """InvokeAI's direct patcher on each of `models`, with its own key prefixes.
 
     InvokeAI 6.14 pins transformers 5.5, whose CLIPTextModel has a ``text_model`` level; from
-    5.16 on it has none, so that level goes into the prefix here (else it finds no TE module).
+    5.16 on it has none, so that level goes into the text encoders' prefixes here (else it
+    finds no text-encoder module).
     """
     stack = ExitStack()
-    te_prefix = "lora_te_" + ("" if hasattr(pipe.text_encoder, "text_model") else "text_model_")
-    for comp, prefix in (("unet", "lora_unet_"), ("text_encoder", te_prefix)):
-        model = getattr(pipe, comp)
+    for comp, model in models.items():
+        level = "" if comp == "unet" or hasattr(model, "text_model") else "text_model_"
         stack.enter_context(
-            inv[0].apply_smart_model_patches(
+            patcher.apply_smart_model_patches(
                 model=model,
                 patches=[(patch, 1.0)],
-                prefix=prefix,
+                prefix=prefixes[comp] + level,
                 dtype=model.dtype,
                 force_direct_patching=True,
             )
         )
     return stack
+
+
+def _sd_parts(pipe) -> dict[str, nn.Module]:
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
 
 
 def bench_invokeai(pipe, path: Path, t: Timer, device: str, inv: InvokeAI) -> dict:
@@ -234,7 +244,7 @@ def bench_invokeai(pipe, path: Path, t: Timer, device: str, inv: InvokeAI) -> di
     patch = inv[1](load_file(str(path), device="cpu"))
     b = t.now()
     m0 = mem(device)
-    stack = _invokeai_apply(pipe, patch, inv)
+    stack = invokeai_apply(_sd_parts(pipe), patch, inv[0])
     c = t.now()
     extra = mem(device) - m0
     stack.close()
@@ -274,7 +284,7 @@ def check_agreement(pipe, path: Path, inv: InvokeAI | None) -> tuple[float, floa
         pipe.unload_lora_weights()
         vs_inv = None
         if inv is not None:
-            with _invokeai_apply(pipe, inv[1](load_file(str(path))), inv):
+            with invokeai_apply(_sd_parts(pipe), inv[1](load_file(str(path))), inv[0]):
                 vs_inv = _max_delta(ours, pipe)
     return vs_df, vs_inv
 
