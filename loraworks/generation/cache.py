@@ -21,6 +21,7 @@ import torch
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
 from loraworks.lora import LoRA, LoRAPatcher, load_lora
+from loraworks.lora.model import same_device
 from loraworks.lora.patch import free_bytes
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.config import ComputeSettings
@@ -85,10 +86,6 @@ def compute_summary(settings: ComputeSettings) -> str:
         index = device.index or 0
         where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"{where}, {str(dtype).removeprefix('torch.')}"
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return (a.type, a.index or 0) == (b.type, b.index or 0)  # "cuda" is "cuda:0"
 
 
 def device_residents(sizes: list[tuple[object, int]], budget: int) -> set[object]:
@@ -198,7 +195,7 @@ class ModelCache:
             self._loras.move_to_end(key)
             # a LoRA already on the device stays in the budget when it becomes the newest:
             # only a new or host-side one can change which LoRAs fit
-            if self.device.type != "cpu" and not _same_device(lora.device, self.device):
+            if self.device.type != "cpu" and not same_device(lora.device, self.device):
                 self._place_loras()
             return lora
 
@@ -208,7 +205,7 @@ class ModelCache:
         resident = device_residents(sizes, self.lora_device_budget)
         for key, lora in newest_first:
             want = self.device if key in resident else torch.device("cpu")
-            if not _same_device(lora.device, want):
+            if not same_device(lora.device, want):
                 lora.to(want)
 
 

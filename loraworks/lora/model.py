@@ -122,7 +122,7 @@ def _move(layers: Iterable[Layer], device, dtype: torch.dtype | None = None) -> 
                 ]
     tensors = [getattr(obj, attr) for obj, attr in slots]
     target = None if device is None else torch.device(device)
-    if target is not None and not all(_is_on(t, target) for t in tensors):
+    if target is not None and not all(same_device(t.device, target) for t in tensors):
         moved = move_packed(tensors, target, dtype)
     else:
         moved = [t.to(dtype=dtype) for t in tensors]
@@ -130,9 +130,9 @@ def _move(layers: Iterable[Layer], device, dtype: torch.dtype | None = None) -> 
         setattr(obj, attr, t)
 
 
-def _is_on(t: torch.Tensor, device: torch.device) -> bool:
-    """`device` without an index ("cuda") means the one a tensor there would be on."""
-    return t.device.type == device.type and device.index in (None, t.device.index)
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """`cuda` is `cuda:0`, as where `.to("cuda")` puts a tensor on a one-GPU machine."""
+    return (a.type, a.index or 0) == (b.type, b.index or 0)
 
 
 #: largest staging buffer of `move_packed`: packing costs that much extra memory on the source

@@ -324,7 +324,7 @@ def test_staged_layer_copies_patch_the_same_weights_and_leave_the_lora_alone(mon
         return out
 
     monkeypatch.setattr(patch, "_layers_away", every_layer)
-    monkeypatch.setattr(model, "_is_on", lambda _t, _d: False)  # copy, as to another device
+    monkeypatch.setattr(model, "same_device", lambda _a, _b: False)  # copy, as to a GPU
     with apply_loras(c.as_mapping(), [(lora, 0.8)]) as report:
         got = snapshot(c)
     assert staged == [len(layers)] and report.applied == len(layers)
