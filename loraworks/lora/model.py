@@ -11,8 +11,6 @@ import torch
 
 from .layers import Layer
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-
 
 @dataclass(eq=False)
 class LoRA:

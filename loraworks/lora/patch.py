@@ -47,7 +47,8 @@ from torch import nn
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .keys import flatten, text_encoder_candidates
 from .layers import Layer
-from .model import COMPONENTS, LoRA, layer_copies_on
+from .bases import COMPONENTS
+from .model import LoRA, layer_copies_on
 
 Weight = float | Mapping[str, float]
 Stack = Sequence[tuple[LoRA, Weight]]
