@@ -26,6 +26,7 @@ from loraworks.demo.training import (
     encode_latents,
     epsilon_loss,
     load_checkpoint,
+    resume,
     save_checkpoint,
     set_lr,
     setup_torch,
@@ -70,15 +71,11 @@ def train_vae(cfg: BaseTrainConfig, images: torch.Tensor) -> AutoencoderKL:
     path = cfg.out / "vae.pt"
     vae = arch.make_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    state = load_checkpoint(path)
-    start = 0
-    if state is not None:
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        if start >= cfg.vae_steps:
-            vae.register_to_config(scaling_factor=state["scaling_factor"])
-            return vae.eval()
+    state = resume(path, opt, {"vae": vae})
+    start = state.get("step", 0)
+    if state and start >= cfg.vae_steps:
+        vae.register_to_config(scaling_factor=state["scaling_factor"])
+        return vae.eval()
     g = torch.Generator().manual_seed(cfg.seed + start)
     log = StepLog("vae")
     vae.train()
@@ -198,14 +195,10 @@ def train_unet(cfg: BaseTrainConfig, vae, te, data: EncodedSet, tokenizer) -> Pa
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema_decay)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    start = 0
-    state = load_checkpoint(path)
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        opt.load_state_dict(state["opt"])
+    state = resume(path, opt, {"unet": unet}, g)
+    if state:
         ema.shadow = state["ema"]
-        g.set_state(state["rng"])
-        start = state["step"]
+    start = state.get("step", 0)
     captions = CaptionTable.make(te, data)
     noise_sched = arch.make_noise_scheduler()
     log = StepLog("unet")
@@ -279,12 +272,7 @@ def finetune_decoder(
     opt = torch.optim.AdamW(vae.decoder.parameters(), lr=cfg.vae_lr / 4)
     post_quant = list(vae.post_quant_conv.parameters())
     opt.add_param_group({"params": post_quant})
-    state = load_checkpoint(path)
-    start = 0
-    if state is not None:
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
+    start = resume(path, opt, {"vae": vae}).get("step", 0)
     g = torch.Generator().manual_seed(cfg.seed + 2 + start)
     log = StepLog("decoder")
     vae.train()
@@ -359,6 +347,6 @@ def train_base(cfg: BaseTrainConfig, stage: str = "all") -> Path:
 
 
 if __name__ == "__main__":
-    from loraworks.cli.train import run_group
+    from loraworks.demo.train_commands import run_group
 
     run_group("base")

@@ -142,6 +142,6 @@ def train_lcm(cfg: LCMTrainConfig) -> Path:
 
 
 if __name__ == "__main__":
-    from loraworks.cli.train import run_group
+    from loraworks.demo.train_commands import run_group
 
     run_group("lcm-lora")

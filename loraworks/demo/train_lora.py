@@ -109,6 +109,6 @@ def train_lora(cfg: LoRATrainConfig) -> Path:
 
 
 if __name__ == "__main__":
-    from loraworks.cli.train import run_group
+    from loraworks.demo.train_commands import run_group
 
     run_group("lora")
