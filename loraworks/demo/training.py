@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +65,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def resume(
+    path: Path,
+    opt: torch.optim.Optimizer,
+    modules: dict[str, Any],
+    g: torch.Generator | None = None,
+) -> dict:
+    """Every trainer's restart: the checkpoint at `path` loaded back into `modules` (each by its
+    key there), the optimiser and, when given, the generator; `{}` without a checkpoint. The
+    loop goes on at `state.get("step", 0)`."""
+    state = load_checkpoint(path)
+    if state is None:
+        return {}
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    opt.load_state_dict(state["opt"])
+    if g is not None:
+        g.set_state(state["rng"])
+    return state
 
 
 @dataclass
@@ -209,14 +230,7 @@ def train_adapters(
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ckpt = cfg.out / f"{name}.pt"
-    state = load_checkpoint(ckpt)
-    start = 0
-    if state is not None:
-        for key, adapter in adapters.items():
-            adapter.load_state_dict(state[key])
-        opt.load_state_dict(state["opt"])
-        g.set_state(state["rng"])
-        start = state["step"]
+    start = resume(ckpt, opt, adapters, g).get("step", 0)
     log = StepLog(name)
     for step in range(start, cfg.steps):
         lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=50)
