@@ -9,6 +9,8 @@ with apply_loras(pipe, [(lora, 0.8)]) as report:
 See docs/formats.md for the formats and the maths of every layer kind.
 """
 
+from .apply import apply_loras
+from .components import model_base
 from .errors import (
     LoRABaseMismatch,
     LoRABusy,
@@ -16,14 +18,18 @@ from .errors import (
     LoRAFormatError,
     LoRAShapeError,
     LoRAUnmatchedKeys,
-    SafetensorsHeaderError,
+    WeightFileError,
 )
-from .load import header_metadata, load_lora, read_safetensors_header
+from .files import Header, WeightFile, read_header, read_weights
+from .load import load_lora
 from .model import LoRA
-from .patch import LoRAPatcher, PatchReport, apply_loras, model_base
+from .patcher import LoRAPatcher, PatchReport
 from .probe import probe_base
+from .staging import free_bytes, same_device
+from .strength import Strength, normalise_strength
 
 __all__ = [
+    "Header",
     "LoRA",
     "LoRABaseMismatch",
     "LoRABusy",
@@ -33,11 +39,16 @@ __all__ = [
     "LoRAShapeError",
     "LoRAUnmatchedKeys",
     "PatchReport",
-    "SafetensorsHeaderError",
+    "Strength",
+    "WeightFile",
+    "WeightFileError",
     "apply_loras",
-    "header_metadata",
+    "free_bytes",
     "load_lora",
     "model_base",
+    "normalise_strength",
     "probe_base",
-    "read_safetensors_header",
+    "read_header",
+    "read_weights",
+    "same_device",
 ]

@@ -11,16 +11,17 @@ class LoRAFormatError(LoRAError):
     """The file or state dict is not a LoRA we can read (unknown keys, bad header, bad tensors)."""
 
 
-class SafetensorsHeaderError(LoRAFormatError):
-    """A safetensors header refused before any tensor is read.
+class WeightFileError(LoRAFormatError):
+    """A weight file refused before or while its tensors are read (`files.py`, the one reader
+    of the engine and the model manager).
 
-    ``too_large``: its claimed length alone was the reason (the model manager reports that as an
-    unsafe file rather than a merely broken one).
+    ``unsafe``: refused for safety — a pickle that is not plain weights, a header too large to
+    parse — rather than merely broken (the model manager reports it as an unsafe file).
     """
 
-    def __init__(self, message: str, too_large: bool = False):
+    def __init__(self, message: str, unsafe: bool = False):
         super().__init__(message)
-        self.too_large = too_large
+        self.unsafe = unsafe
 
 
 class LoRABaseMismatch(LoRAError):

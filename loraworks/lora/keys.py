@@ -6,9 +6,8 @@
   token first; digits and unknown words are their own components). The patcher additionally
   resolves every key against the real module tree by its flattened form, so a vocabulary gap can
   never mis-target a layer: it can only fall back to the exact flattened lookup.
-* ``sgm_to_diffusers(path)`` / ``diffusers_to_sgm(path, base)``: UNet names of the original
-  (LDM/sgm) UNet ↔ diffusers ``UNet2DConditionModel`` (2 resnets per down level, 3 per up level,
-  as in SD1/SD2/SDXL).
+* ``sgm_to_diffusers(path)``: UNet names of the original (LDM/sgm) UNet → diffusers
+  ``UNet2DConditionModel`` (2 resnets per down level, 3 per up level, as in SD1/SD2/SDXL).
 * ``text_encoder_candidates(path)``: a CLIP path with and without ``text_model.`` (transformers
   ≥5.16 has no ``text_model`` level; LoRA files name it).
 """
@@ -78,18 +77,17 @@ _RESNET_SGM_TO_DIFFUSERS = {
     "out_layers.3": "conv2",
     "skip_connection": "conv_shortcut",
 }
-_RESNET_DIFFUSERS_TO_SGM = {v: k for k, v in _RESNET_SGM_TO_DIFFUSERS.items()}
 
 
 def is_sgm_unet_path(path: str) -> bool:
     return path.split(".", 1)[0] in SGM_HEADS
 
 
-def _resnet(rest: list[str], table: dict[str, str], path: str) -> str:
+def _resnet(rest: list[str], path: str) -> str:
     if not rest:
         return ""
     joined = ".".join(rest)
-    for src, dst in table.items():
+    for src, dst in _RESNET_SGM_TO_DIFFUSERS.items():
         if joined == src or joined.startswith(src + "."):
             return "." + dst + joined[len(src) :]
     raise LoRAFormatError(f"unknown resnet sub-module {joined!r} in {path!r}")
@@ -116,21 +114,21 @@ def sgm_to_diffusers(path: str) -> str:
                     raise LoRAFormatError(f"unexpected downsampler name {path!r}")
                 return f"down_blocks.{i}.downsamplers.0.conv" + "".join("." + r for r in rest[1:])
             if sub == 0:
-                inner = _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+                inner = _resnet(rest, path)
                 return f"down_blocks.{i}.resnets.{j}" + inner
             if sub == 1:
                 return f"down_blocks.{i}.attentions.{j}." + ".".join(rest)
         elif head == "middle_block":
             n, rest = _int(p[1], path), p[2:]
             if n in (0, 2):
-                return f"mid_block.resnets.{n // 2}" + _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+                return f"mid_block.resnets.{n // 2}" + _resnet(rest, path)
             if n == 1:
                 return "mid_block.attentions.0." + ".".join(rest)
         elif head == "output_blocks":
             n, sub, rest = _int(p[1], path), _int(p[2], path), p[3:]
             i, j = divmod(n, 3)
             if sub == 0:
-                return f"up_blocks.{i}.resnets.{j}" + _resnet(rest, _RESNET_SGM_TO_DIFFUSERS, path)
+                return f"up_blocks.{i}.resnets.{j}" + _resnet(rest, path)
             if sub in (1, 2) and rest[:1] == ["conv"]:
                 return f"up_blocks.{i}.upsamplers.0." + ".".join(rest)
             if sub == 1:
@@ -144,49 +142,6 @@ def sgm_to_diffusers(path: str) -> str:
     except IndexError:
         pass
     raise LoRAFormatError(f"cannot map sgm UNet module {path!r} to a diffusers module")
-
-
-# Which up levels have attention blocks (needed to place the upsampler in sgm numbering).
-UP_LEVELS_WITH_ATTENTION = {"sd1": {1, 2, 3}, "sd2": {1, 2, 3}, "sdxl": {0, 1}}
-
-
-def diffusers_to_sgm(path: str, base: str = "sdxl") -> str:
-    """Inverse of `sgm_to_diffusers` (used to write kohya SDXL names)."""
-    p = path.split(".")
-    head = p[0]
-    if head == "conv_in":
-        return "input_blocks.0.0" + "".join("." + r for r in p[1:])
-    if head == "time_embedding":
-        return {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[p[1]]
-    if head == "add_embedding":
-        return {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}[p[1]]
-    if head == "conv_norm_out":
-        return "out.0"
-    if head == "conv_out":
-        return "out.2"
-    if head == "down_blocks":
-        i, kind, j, rest = int(p[1]), p[2], int(p[3]), p[4:]
-        if kind == "downsamplers":
-            return f"input_blocks.{3 * (i + 1)}.0.op" + "".join("." + r for r in rest[1:])
-        n = 3 * i + j + 1
-        if kind == "resnets":
-            return f"input_blocks.{n}.0" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
-        return f"input_blocks.{n}.1." + ".".join(rest)
-    if head == "mid_block":
-        kind, j, rest = p[1], int(p[2]), p[3:]
-        if kind == "resnets":
-            return f"middle_block.{2 * j}" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
-        return "middle_block.1." + ".".join(rest)
-    if head == "up_blocks":
-        i, kind, j, rest = int(p[1]), p[2], int(p[3]), p[4:]
-        if kind == "upsamplers":
-            sub = 2 if i in UP_LEVELS_WITH_ATTENTION[base] else 1
-            return f"output_blocks.{3 * i + 2}.{sub}." + ".".join(rest)
-        n = 3 * i + j
-        if kind == "resnets":
-            return f"output_blocks.{n}.0" + _resnet(rest, _RESNET_DIFFUSERS_TO_SGM, path)
-        return f"output_blocks.{n}.1." + ".".join(rest)
-    raise LoRAFormatError(f"cannot map diffusers UNet module {path!r} to an sgm module")
 
 
 # --- text encoders -------------------------------------------------------------------------

@@ -2,144 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import LoRAFormatError, SafetensorsHeaderError
+from .bases import BASES, COMPONENTS
+from .errors import LoRAFormatError
+from .files import (
+    DIFFUSERS_WEIGHT_NAMES,
+    PEFT_WEIGHT_NAMES,
+    WeightFile,
+    read_peft_config,
+    read_weights,
+)
 from .formats import Converted, diffusers, kohya, peft
 from .layers import Layer, layer_from_leaves
 from .model import LoRA
 from .probe import probe_base
-
-#: safetensors headers larger than this are refused before parsing, for LoRAs and main models
-#: alike (real LoRA headers are well under 1 MiB; a big kohya ``ss_tag_frequency`` or a
-#: checkpoint's few thousand tensor entries stay far below this)
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
-DIFFUSERS_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
-PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-_COMPONENT_DIRS = ("unet", "text_encoder", "text_encoder_2")
-
-
-def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """Return (header length, parsed header) after checking the length against the file.
-
-    The one safetensors header reader (the model manager uses it too), so every file gets the
-    same cap and checks before anything parses it; raises `SafetensorsHeaderError`.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-
-    def refuse(reason: str, too_large: bool = False) -> SafetensorsHeaderError:
-        return SafetensorsHeaderError(
-            f"{path.name}: not a valid safetensors file ({reason})", too_large
-        )
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise SafetensorsHeaderError(f"{path.name}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or n > size - 8:
-            raise refuse(
-                f"header of {n} bytes in a {size}-byte file: the header claims more than the "
-                f"file holds or the {MAX_HEADER_BYTES // 2**20} MiB limit allows; refusing to "
-                "parse it",
-                too_large=True,
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise refuse(f"header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise refuse("header is not a JSON object")
-    data_len = size - 8 - n
-    for key, info in header.items():
-        if key == "__metadata__":
-            if info is not None and not isinstance(info, dict):
-                raise refuse("__metadata__ is not an object")
-            continue
-        try:
-            start, end = (int(x) for x in info["data_offsets"])
-            shape = [int(s) for s in info["shape"]]
-            str(info["dtype"])
-        except (KeyError, TypeError, ValueError):
-            raise refuse(f"malformed entry for tensor {key!r}") from None
-        if not (0 <= start <= end <= data_len) or any(s < 0 for s in shape):
-            raise refuse(f"tensor {key!r} lies outside the file (truncated or corrupt)")
-    return n, header
-
-
-def header_metadata(header: dict[str, Any]) -> dict[str, str]:
-    """The ``__metadata__`` table of a parsed header, as the strings the format promises."""
-    return {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    _, header = read_safetensors_header(path)
-    metadata = header_metadata(header)
-    from safetensors.torch import load_file
-
-    try:
-        sd = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types
-        raise LoRAFormatError(f"{Path(path).name}: cannot read tensors ({e})") from None
-    return sd, metadata
-
-
-def read_pickle(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``.bin/.pt/.ckpt/.pth`` through ``torch.load(weights_only=True)`` only (no code runs)."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise LoRAFormatError(
-            f"{Path(path).name}: refused to load this pickle file: it is not a plain tensor file "
-            f"that torch.load(weights_only=True) accepts ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Convert it to .safetensors."
-        ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise LoRAFormatError(f"{Path(path).name}: does not contain a state dict")
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if len(sd) != len(obj):
-        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-        raise LoRAFormatError(f"{Path(path).name}: non-tensor entries {bad}")
-    return sd, {}
-
-
-def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    p = Path(path)
-    if p.suffix.lower() in PICKLE_SUFFIXES:
-        return read_pickle(p)
-    return read_safetensors(p)
-
-
-def _read_config(folder: Path) -> dict | None:
-    cfg = folder / "adapter_config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, ValueError) as e:
-        raise LoRAFormatError(f"{cfg}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise LoRAFormatError(f"{cfg}: not a JSON object")
-    return data
-
-
-def _weights_in(folder: Path, names) -> Path | None:
-    for n in names:
-        if (folder / n).is_file():
-            return folder / n
-    return None
 
 
 def load_lora(
@@ -153,82 +34,97 @@ def load_lora(
     ``source``: a ``.safetensors`` (or ``.bin/.pt/.ckpt/.pth``, ``weights_only`` only) file; a
     diffusers folder (``pytorch_lora_weights.safetensors``); a PEFT folder
     (``adapter_model.safetensors`` + ``adapter_config.json``), or a folder with PEFT adapters
-    in ``unet/``, ``text_encoder/``, ``text_encoder_2/`` sub-folders; or ``(state_dict,
+    in ``unet/``, ``text_encoder/``, ``text_encoder_2/`` sub-folders; a `WeightFile` already
+    read by `files.read_weights` (the model manager reads each file once); or ``(state_dict,
     metadata)`` / a bare state dict. ``base`` overrides the probe (e.g. for a LoRA that carries
     no evidence of its base). Raises `LoRAFormatError` for anything it cannot read.
     """
-    metadata: dict[str, str] = {}
-    src_name: str | None = None
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], dict):
         sd, metadata = dict(source[0]), dict(source[1] or {})
-        conv = convert_keys(sd, metadata, peft_configs=None)
-    elif isinstance(source, dict):
-        sd = dict(source)
-        conv = convert_keys(sd, {}, peft_configs=None)
+        return build(convert_keys(sd, metadata), metadata, base=base, name=name)
+    if isinstance(source, dict):
+        return build(convert_keys(dict(source), {}), {}, base=base, name=name)
+    if isinstance(source, WeightFile):
+        path, files = source.path, [source]
+        conv = _convert_file(source)
     else:
-        p = Path(source)
-        src_name = p.name
-        if not p.exists():
-            raise LoRAFormatError(f"{p}: no such file or folder")
-        if p.is_dir():
-            conv, metadata = _load_folder(p)
+        path = Path(source)
+        if not path.exists():
+            raise LoRAFormatError(f"{path}: no such file or folder")
+        if path.is_dir():
+            conv, files = _load_folder(path)
         else:
-            sd, metadata = read_file(p)
-            cfg = _read_config(p.parent) if p.name in PEFT_WEIGHT_NAMES else None
-            conv = convert_keys(sd, metadata, peft_configs={None: cfg} if cfg else None)
-    if name is None and src_name is not None:
-        name = Path(src_name).stem if Path(src_name).suffix else src_name
-    return build(
-        conv, metadata, base=base, name=name, source=None if src_name is None else str(source)
-    )
+            files = [read_weights(path)]
+            conv = _convert_file(files[0])
+    metadata = {k: v for f in files for k, v in f.metadata.items()}
+    notes = [
+        f"{f.path.name}: {len(f.ignored)} entries that are not tensors were left out "
+        f"({', '.join(f.ignored[:5])}{' …' if len(f.ignored) > 5 else ''})"
+        for f in files
+        if f.ignored
+    ]
+    if name is None:
+        name = path.stem if path.suffix else path.name
+    return build(conv, metadata, base=base, name=name, source=str(path), notes=notes)
 
 
-def _load_folder(p: Path) -> tuple[Converted, dict[str, str]]:
+def _convert_file(f: WeightFile) -> Converted:
+    """A single weight file: a PEFT adapter's when it is named so and has its config beside."""
+    cfg = read_peft_config(f.path.parent) if f.path.name in PEFT_WEIGHT_NAMES else None
+    return convert_keys(f.tensors, f.metadata, peft_folder=cfg is not None, peft_config=cfg)
+
+
+def _weights_in(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def _load_folder(p: Path) -> tuple[Converted, list[WeightFile]]:
     w = _weights_in(p, DIFFUSERS_WEIGHT_NAMES)
     if w is not None:
-        sd, md = read_file(w)
-        return convert_keys(sd, md, peft_configs=None), md
+        f = read_weights(w)
+        return convert_keys(f.tensors, f.metadata), [f]
     w = _weights_in(p, PEFT_WEIGHT_NAMES)
     if w is not None:
-        sd, md = read_file(w)
-        return convert_keys(sd, md, peft_configs={None: _read_config(p)}), md
+        f = read_weights(w)
+        return convert_keys(f.tensors, f.metadata, True, read_peft_config(p)), [f]
     parts: dict[str, tuple[dict, dict | None]] = {}
-    md_all: dict[str, str] = {}
-    for comp in _COMPONENT_DIRS:
+    files: list[WeightFile] = []
+    for comp in COMPONENTS:
         sub = p / comp
         w = _weights_in(sub, PEFT_WEIGHT_NAMES) if sub.is_dir() else None
         if w is not None:
-            sd, md = read_file(w)
-            md_all.update(md)
-            parts[comp] = (sd, _read_config(sub))
+            files.append(read_weights(w))
+            parts[comp] = (files[-1].tensors, read_peft_config(sub))
     if not parts:
         raise LoRAFormatError(
             f"{p}: folder has no pytorch_lora_weights.safetensors, adapter_model.safetensors, or "
             "unet/ text_encoder/ adapter sub-folders"
         )
-    return peft.convert_components(parts), md_all
+    return peft.convert_components(parts), files
 
 
-def convert_keys(sd: dict, metadata: dict[str, str], peft_configs) -> Converted:
-    """The one key-family converter that recognises `sd` (PEFT, kohya/LyCORIS, diffusers)."""
+def convert_keys(
+    sd: dict,
+    metadata: dict[str, str],
+    peft_folder: bool = False,
+    peft_config: dict | None = None,
+) -> Converted:
+    """The one key-family converter that recognises `sd` (PEFT, kohya/LyCORIS, diffusers).
+    ``peft_folder``: the tensors come from a PEFT adapter folder (with ``peft_config``, or
+    PEFT's defaults when it has none), whatever their keys look like."""
     if not sd:
         raise LoRAFormatError("the file holds no tensors")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise LoRAFormatError(f"non-tensor values for keys {bad[:5]}")
-    if peft_configs is not None or peft.is_peft_format(sd):
-        cfg = (peft_configs or {}).get(None)
-        return peft.convert(sd, cfg, metadata)
+    if peft_folder or peft.is_peft_format(sd):
+        return peft.convert(sd, peft_config, metadata)
     if kohya.is_kohya_format(sd):
         return kohya.convert(sd, metadata)
     if diffusers.is_diffusers_format(sd):
         return diffusers.convert(sd, metadata)
     shown = ", ".join(sorted(sd)[:6])
     raise LoRAFormatError(f"not a LoRA file we know (keys: {shown}{' …' if len(sd) > 6 else ''})")
-
-
-#: leaves that are counts, flags or indices; every other leaf must hold floating-point weights
-_NON_FLOAT_LEAVES = frozenset({"alpha", "on_input", "bias_indices", "bias_size"})
 
 
 def _max_abs(groups: dict[str, dict[str, torch.Tensor]]) -> dict[tuple[str, str], float]:
@@ -261,14 +157,9 @@ def build(
     base: str | None = None,
     name: str | None = None,
     source: str | None = None,
+    notes: list[str] | None = None,
 ) -> LoRA:
-    for target, leaves in conv.groups.items():
-        for leaf, t in leaves.items():
-            if not t.is_floating_point() and leaf not in _NON_FLOAT_LEAVES:
-                raise LoRAFormatError(
-                    f"refusing this LoRA: layer {conv.origin.get(target, target)!r} stores "
-                    f"{leaf!r} as {t.dtype}, not as floating-point weights"
-                )
+    """Typed layers from a converter's groups, checked, with their base and format decided."""
     max_abs = _max_abs(conv.groups)
     layers: dict[str, Layer] = {}
     for target, leaves in conv.groups.items():
@@ -290,8 +181,8 @@ def build(
         if not math.isfinite(s):
             raise LoRAFormatError(f"refusing this LoRA: layer {target!r} has a non-finite scale")
     if base is not None:
-        if base not in ("sd1", "sd2", "sdxl"):
-            raise LoRAFormatError(f"unknown base {base!r} (sd1, sd2, sdxl)")
+        if base not in BASES:
+            raise LoRAFormatError(f"unknown base {base!r} ({', '.join(BASES)})")
         found, compat, evidence, warnings = base, frozenset({base}), ["given by the caller"], []
     else:
         found, compat, evidence, warnings = probe_base(
@@ -300,12 +191,21 @@ def build(
     return LoRA(
         layers=layers,
         base=found,
-        format=conv.format,
+        format=_format(conv, layers),
         metadata=metadata,
         name=name,
         source=source,
         compatible_bases=compat,
         base_evidence=evidence,
-        warnings=warnings,
+        warnings=[*(notes or []), *warnings],
         unet_names=conv.unet_names,
     )
+
+
+def _format(conv: Converted, layers: dict[str, Layer]) -> str:
+    """The key family's label, or — for a kohya-style file — the label its layer kinds imply
+    (the first kind, in the order of the file, that implies one)."""
+    if conv.format_from_kinds:
+        implied = (layer.format for layer in layers.values())
+        return next((f for f in implied if f is not None), conv.format)
+    return conv.format

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import re
 
+from .bases import BASES, CROSS_ATTENTION_WIDTHS, TEXT_ENCODER_2_WIDTH, TEXT_ENCODER_WIDTHS
 from .errors import LoRAFormatError
 from .layers import Layer
 
-ALL = frozenset({"sd1", "sd2", "sdxl"})
+ALL = frozenset(BASES)
 #: which base an ambiguous LoRA is taken as (it still applies to every base it fits)
 PREFERENCE = ("sd1", "sdxl", "sd2")
-CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 _TE_SQUARE = re.compile(r"self_attn\.(q|k|v|out)_proj$")
 _TE_NORM = re.compile(r"(layer_norm1|layer_norm2|final_layer_norm)$")
@@ -110,8 +110,9 @@ def probe_base(
         if comp == "unet":
             if path.endswith(("attn2.to_k", "attn2.to_v")):
                 w = layer.in_features()
-                if w in CROSS_ATTN:
-                    add(decisive, f"cross-attention width {w} ({path})", {CROSS_ATTN[w]})
+                if w in CROSS_ATTENTION_WIDTHS:
+                    found = CROSS_ATTENTION_WIDTHS[w]
+                    add(decisive, f"cross-attention width {w} ({path})", {found})
                 elif w is not None:
                     raise LoRAFormatError(
                         f"cross-attention width {w} at {path} fits no SD1/SD2/SDXL model"
@@ -136,13 +137,15 @@ def probe_base(
     te1 = te_widths.get("text_encoder", set())
     te2 = te_widths.get("text_encoder_2", set())
     for w in sorted(te1):
-        bases = {768: {"sd1", "sdxl"}, 1024: {"sd2"}}.get(w)
+        bases = TEXT_ENCODER_WIDTHS.get(w)
         if bases is None:
             raise LoRAFormatError(f"text encoder width {w} fits no SD1/SD2/SDXL text encoder")
         add(decisive, f"text_encoder width {w}", bases)
     if any(k.startswith("text_encoder_2.") for k in layers):
-        if te2 - {1280}:
-            raise LoRAFormatError(f"text_encoder_2 width {sorted(te2)} is not SDXL's 1280")
+        if te2 - {TEXT_ENCODER_2_WIDTH}:
+            raise LoRAFormatError(
+                f"text_encoder_2 width {sorted(te2)} is not SDXL's {TEXT_ENCODER_2_WIDTH}"
+            )
         add(decisive, "text_encoder_2 (CLIP-G) layers", {"sdxl"})
     if sgm_names:
         add(soft, "kohya sgm UNet names (input_blocks/middle_block/output_blocks)", {"sdxl"})

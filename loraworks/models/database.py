@@ -17,7 +17,7 @@ from typing import Any
 from loraworks.models.errors import ModelError
 from loraworks.models.names import unique_name
 from loraworks.models.records import ImageRecord
-from loraworks.models.stored import StoredModel, now
+from loraworks.models.stored import REPROBED_COLUMNS, StoredModel, now
 
 # Each entry moves the schema from version i to i + 1. Never edit a shipped entry; append.
 MIGRATIONS: tuple[str, ...] = (
@@ -75,6 +75,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE models ADD COLUMN layer_kinds TEXT;
     UPDATE models SET layer_kinds = '{}' WHERE type != 'lora';
+    """,
+    # 4: how the engine decided a LoRA's base and what it warned about; LoRA rows stay NULL
+    # until the manager re-probes their files on open, as for migration 2.
+    """
+    ALTER TABLE models ADD COLUMN base_evidence TEXT;
+    ALTER TABLE models ADD COLUMN warnings TEXT;
+    UPDATE models SET base_evidence = '[]', warnings = '[]' WHERE type != 'lora';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -154,18 +161,19 @@ class Database:
         return {r[0] for r in rows}
 
     def unprobed_loras(self) -> list[StoredModel]:
-        """LoRA rows from before migrations 2 and 3: compatible bases or layer kinds unknown."""
-        return self.models(
-            "WHERE type = 'lora' AND (compatible_bases IS NULL OR layer_kinds IS NULL)"
-        )
+        """LoRA rows from before migrations 2–4: some of `REPROBED_COLUMNS` unknown."""
+        unknown = " OR ".join(f"{col} IS NULL" for col in REPROBED_COLUMNS)
+        return self.models(f"WHERE type = 'lora' AND ({unknown})")
 
-    def set_probed_facts(self, key: str, bases: list[str], kinds: dict[str, int]) -> None:
-        """Fill one migrated row; what another process filled (or rescanned) is left alone."""
+    def set_probed_facts(self, key: str, facts: dict[str, Any]) -> None:
+        """Fill one migrated row's `REPROBED_COLUMNS`; what another process filled (or
+        rescanned) is left alone."""
+        cols = [col for col in REPROBED_COLUMNS if col in facts]
+        sets = ", ".join(f"{col} = COALESCE({col}, ?)" for col in cols)
         with self.transaction() as c:
             c.execute(
-                "UPDATE models SET compatible_bases = COALESCE(compatible_bases, ?), "
-                "layer_kinds = COALESCE(layer_kinds, ?) WHERE key = ?",
-                (json.dumps(bases), json.dumps(kinds), key),
+                f"UPDATE models SET {sets} WHERE key = ?",
+                (*(json.dumps(facts[col]) for col in cols), key),
             )
 
     def upsert(self, c: sqlite3.Connection, stored: StoredModel) -> None:

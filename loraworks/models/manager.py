@@ -32,7 +32,7 @@ from loraworks.models.records import (
 )
 from loraworks.models.remote import fetch_remote, is_remote
 from loraworks.models.scanning import Scanner, stem
-from loraworks.models.stored import StoredModel, now
+from loraworks.models.stored import REPROBED_COLUMNS, StoredModel, now
 
 _UNSET: Any = object()
 log = logging.getLogger(__name__)
@@ -235,22 +235,25 @@ class ModelManager:
         return stored.public()
 
     def _finish_lora_migrations(self) -> None:
-        """Finish migrations 2 and 3 once: re-probe LoRAs recorded before records held every
-        base they fit and their layer kinds. A file that is gone, changed or unreadable keeps
-        its own base and no kinds; the next probe of it (a rescan) records them."""
+        """Finish migrations 2–4 once: re-probe LoRAs recorded before records held every
+        base they fit, their layer kinds, the base evidence and the engine's warnings. A file
+        that is gone, changed or unreadable keeps the defaults (its own base, nothing else);
+        the next probe of it (a rescan) records them."""
         rows = self.db.unprobed_loras()
         if rows:
             log.info("re-reading %d LoRA(s) recorded by an earlier version", len(rows))
         for stored in rows:
-            bases, kinds = stored.compatible_bases, {}  # the defaults (StoredModel.from_row)
+            # the defaults (StoredModel.from_row)
+            facts: dict[str, Any] = {"compatible_bases": stored.compatible_bases}
+            facts.update(layer_kinds={}, base_evidence=[], warnings=[])
             if stored.status == "ok":
                 try:
                     found = probe(stored.path, expect="lora")
                 except (ModelError, OSError):
                     found = None
                 if found is not None and found.hash == stored.hash:
-                    bases, kinds = found.compatible_bases, found.layer_kinds
-            self.db.set_probed_facts(stored.key, bases, kinds)
+                    facts = {col: getattr(found, col) for col in REPROBED_COLUMNS}
+            self.db.set_probed_facts(stored.key, facts)
 
     def _clean_interrupted_installs(self) -> None:
         with install_lock(self.paths.install_lock, exclusive=True, wait=False) as held:

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraworks import lora
+from loraworks.lora.bases import CROSS_ATTENTION_WIDTHS
+from loraworks.lora.files import (
+    DIFFUSERS_WEIGHT_NAMES,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHT_NAMES,
+    WEIGHT_SUFFIXES,
+    is_pickle,
+)
 from loraworks.models.errors import ModelError
 from loraworks.models.hashing import hash_file, hash_files, hash_folder
 from loraworks.models.records import BaseName, ModelType
-from loraworks.models.safefiles import (
-    PICKLE_SUFFIXES,
-    WEIGHT_SUFFIXES,
-    file_metadata,
-    load_state_dict,
-    tensor_shapes,
-)
+from loraworks.models.safefiles import model_errors, read_header, read_weights
 
-DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
-PEFT_LORA_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-CONTEXT_DIM_TO_BASE: dict[int, BaseName] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+LORA_WEIGHT_NAMES = DIFFUSERS_WEIGHT_NAMES + PEFT_WEIGHT_NAMES
 LDM_UNET_PREFIX = "model.diffusion_model."
 
 # Words that mark an LCM(-LoRA) in metadata values or names.
@@ -58,6 +59,10 @@ class Probe:
     compatible_bases: list[BaseName] = field(default_factory=list)
     #: a LoRA's layers by kind (the engine's `LoRA.kinds`)
     layer_kinds: dict[str, int] = field(default_factory=dict)
+    #: how the engine decided a LoRA's base, and what it warned about (`LoRA.base_evidence`,
+    #: `LoRA.warnings`): shown by `models show` and the API
+    base_evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.compatible_bases:
@@ -66,7 +71,7 @@ class Probe:
 
 def is_lora_folder(path: Path) -> bool:
     return path.is_dir() and any(
-        (path / n).is_file() for n in DIFFUSERS_LORA_FILES + PEFT_LORA_FILES
+        (path / n).is_file() for n in LORA_WEIGHT_NAMES
     )
 
 
@@ -80,7 +85,7 @@ def is_weight_file(path: Path) -> bool:
 
 def lora_weights_file(folder: Path) -> Path:
     return next(
-        folder / n for n in DIFFUSERS_LORA_FILES + PEFT_LORA_FILES if (folder / n).is_file()
+        folder / n for n in LORA_WEIGHT_NAMES if (folder / n).is_file()
     )
 
 
@@ -92,8 +97,8 @@ def content_hash(path: Path) -> str:
         return hash_folder(path)
     if is_lora_folder(path):
         weights = lora_weights_file(path)
-        config = path / "adapter_config.json"
-        if weights.name in PEFT_LORA_FILES and config.is_file():
+        config = path / PEFT_CONFIG_NAME
+        if weights.name in PEFT_WEIGHT_NAMES and config.is_file():
             return hash_files([weights, config])
         return hash_file(weights)
     return hash_file(path)
@@ -110,14 +115,23 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
     if path.is_dir():
         raise ModelError(
             f"{path.name}: a folder that is neither a diffusers model (model_index.json) nor a "
-            f"LoRA ({' / '.join(DIFFUSERS_LORA_FILES + PEFT_LORA_FILES)})"
+            f"LoRA ({' / '.join(LORA_WEIGHT_NAMES)})"
         )
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ModelError(
             f"{path.name}: unsupported file type '{path.suffix}' "
             f"(expected one of {', '.join(WEIGHT_SUFFIXES)})"
         )
-    shapes = tensor_shapes(path)
+    if is_pickle(path):  # no header: the tensors are read once, here
+        weights: lora.WeightFile | None = read_weights(path)
+        shapes = {k: tuple(t.shape) for k, t in weights.tensors.items()}
+        metadata: dict[str, str] = {}
+        header = None
+    else:
+        header = read_header(path)
+        weights = None
+        shapes = {k: info.shape for k, info in header.tensors.items()}
+        metadata = header.metadata
     if any(k.startswith(LDM_UNET_PREFIX) for k in shapes):
         if expect == "lora":
             raise ModelError(
@@ -130,7 +144,7 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             format="checkpoint",
             hash=content_hash(path),
             weights=path,
-            metadata=file_metadata(path),
+            metadata=metadata,
         )
     if expect != "lora" and _looks_like_vae(shapes):
         return Probe(
@@ -139,26 +153,23 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             format="checkpoint",
             hash=content_hash(path),
             weights=path,
-            metadata=file_metadata(path),
+            metadata=metadata,
         )
-    return _probe_lora_file(path, path.stem)
+    parsed = _load_with_engine(weights or read_weights(path, header), path.name)
+    return _lora_probe(parsed, path, path, path.stem)
 
 
 # --- LoRAs ----------------------------------------------------------------------------------
 
 
-def _engine():
+def _load_with_engine(source: Any, label: str) -> lora.LoRA:
+    """The engine's parse of a LoRA; its refusals as the manager's errors (an unsafe pickle or
+    header stays an `UnsafeFileError`)."""
     try:
-        from loraworks import lora
-    except ImportError as exc:  # the engine is part of this package; a broken install
-        raise ModelError(f"the LoRA engine cannot be imported ({exc})") from None
-    return lora
-
-
-def _load_with_engine(source: Any, label: str):
-    lora = _engine()
-    try:
-        return lora.load_lora(source)
+        with model_errors():
+            return lora.load_lora(source)
+    except ModelError:
+        raise
     except lora.LoRAError as exc:
         raise ModelError(f"{label}: not a usable LoRA ({exc})") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -167,31 +178,16 @@ def _load_with_engine(source: Any, label: str):
         ) from None
 
 
-def _probe_lora_file(path: Path, name: str) -> Probe:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        parsed = _load_with_engine((load_state_dict(path), {}), path.name)
-    else:
-        file_metadata(path)  # header checks (size cap) before the engine parses it
-        parsed = _load_with_engine(path, path.name)
-    return _lora_probe(parsed, path, path, name)
-
-
 def _probe_lora_folder(folder: Path) -> Probe:
     weights = lora_weights_file(folder)
-    if weights.suffix.lower() in PICKLE_SUFFIXES:
-        state = load_state_dict(weights)  # refuses unsafe pickles before the engine sees them
-        source: Any = folder if weights.name in PEFT_LORA_FILES else (state, {})
-    else:
-        file_metadata(weights)
-        source = folder
     # The record names the container (what the user installed): a diffusers or PEFT folder.
-    container = "peft" if weights.name in PEFT_LORA_FILES else "diffusers"
-    parsed = _load_with_engine(source, folder.name)
+    container = "peft" if weights.name in PEFT_WEIGHT_NAMES else "diffusers"
+    parsed = _load_with_engine(folder, folder.name)
     return _lora_probe(parsed, folder, weights, folder.name, container)
 
 
 def _lora_probe(
-    parsed: Any, source: Path, weights: Path, name: str, container: str | None = None
+    parsed: lora.LoRA, source: Path, weights: Path, name: str, container: str | None = None
 ) -> Probe:
     metadata = dict(parsed.metadata or {})
     return Probe(
@@ -204,6 +200,8 @@ def _lora_probe(
         weights=weights,
         is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),
         metadata=metadata,
+        base_evidence=list(parsed.base_evidence),
+        warnings=list(parsed.warnings),
     )
 
 
@@ -233,7 +231,7 @@ def is_lcm_lora(targets: list[str], metadata: dict[str, str], name: str) -> bool
 
 def _base_from_context_dim(dim: int, label: str) -> BaseName:
     try:
-        return CONTEXT_DIM_TO_BASE[dim]
+        return CROSS_ATTENTION_WIDTHS[dim]
     except KeyError:
         raise ModelError(
             f"{label}: cross-attention width {dim} is not SD1 (768), SD2 (1024) or SDXL (2048)"
@@ -280,8 +278,8 @@ def _probe_main_folder(folder: Path) -> Probe:
     else:
         base = _base_from_context_dim(int(unet.get("cross_attention_dim", 0)), folder.name)
     for weights in folder.rglob("*"):
-        if weights.is_file() and weights.suffix.lower() in PICKLE_SUFFIXES:
-            load_state_dict(weights)  # refuse folders whose pickles are not plain weights
+        if weights.is_file() and is_pickle(weights):
+            read_weights(weights)  # refuse folders whose pickles are not plain weights
     metadata = {"pipeline": pipeline} if pipeline else {}
     return Probe(
         type="main",

@@ -30,6 +30,11 @@ class ModelRecord(BaseModel):
     #: a LoRA's layers by kind, as the engine read them (`{"lora": 176}`, `{"loha": 120}`);
     #: empty for other models and for a LoRA recorded before kinds were (until re-probed)
     layer_kinds: dict[str, int] = {}
+    #: how the engine decided a LoRA's base (`LoRA.base_evidence`) and what it warned about
+    #: when it read the file (`LoRA.warnings`: metadata contradicting the tensors, an ambiguous
+    #: base, pickle entries left out); empty for other models
+    base_evidence: list[str] = []
+    warnings: list[str] = []
     path: Path
     in_place: bool
     hash: str | None

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from loraworks.models.errors import ModelError
-from loraworks.models.safefiles import load_state_dict
+from loraworks.models.safefiles import read_weights
 from loraworks.models.tokenizer import clip_tokenizer
 
 UNET = "model.diffusion_model."
@@ -218,7 +218,7 @@ def load_checkpoint(cls, path: Path, base: str, cache: Path, **kwargs: Any):
     )
 
     dtype = kwargs.pop("dtype", None)
-    sd = load_state_dict(path)
+    sd = read_weights(path).tensors
     cfg = template(base)
     if not any(k.startswith(VAE) for k in sd):
         raise ModelError(f"{path.name}: the checkpoint holds no VAE (first_stage_model.*)")

@@ -16,7 +16,16 @@ from loraworks.models.metadata import CardFacts
 from loraworks.models.probe import Probe
 from loraworks.models.records import EDITABLE_FIELDS, ModelRecord
 
-_JSON_COLUMNS = ("trigger_words", "compatible_bases", "layer_kinds", "metadata", "user_edits")
+#: columns a probe of a LoRA's file fills, NULL in rows written before the migration that added
+#: them (2, 3, 4) until the manager re-probes the file on open (`ModelManager.open`)
+REPROBED_COLUMNS = ("compatible_bases", "layer_kinds", "base_evidence", "warnings")
+
+_JSON_COLUMNS = (
+    *REPROBED_COLUMNS,
+    "trigger_words",
+    "metadata",
+    "user_edits",
+)
 
 
 def now() -> str:
@@ -32,9 +41,9 @@ class StoredModel(ModelRecord):
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredModel:
         data = dict(row)
-        for col in ("compatible_bases", "layer_kinds"):  # a LoRA row migrated, not re-probed
+        for col in REPROBED_COLUMNS:  # a LoRA row migrated, not re-probed
             if data[col] is None:
-                del data[col]  # the default (its own base, no kinds) until the manager does
+                del data[col]  # the default (its own base, no kinds…) until the manager does
         for col in _JSON_COLUMNS:
             if col in data:
                 data[col] = json.loads(data[col])
@@ -71,25 +80,10 @@ class StoredModel(ModelRecord):
         return cls(
             key=key,
             name=name,
-            type=found.type,
-            base=found.base,
-            compatible_bases=found.compatible_bases,
-            layer_kinds=found.layer_kinds,
-            format=found.format,
-            path=path,
             in_place=in_place,
-            hash=found.hash,
-            size=fp.size,
-            mtime_ns=fp.mtime_ns,
-            source=str(path),
-            trigger_words=facts.trigger_words,
-            default_weight=facts.default_weight,
-            is_lcm=found.is_lcm,
-            description=facts.description,
-            metadata=found.metadata,
-            preview_path=facts.preview_path,
             created_at=stamp,
             updated_at=stamp,
+            **_probed_fields(found, path, facts, fp),
         )
 
     def refreshed(
@@ -98,26 +92,36 @@ class StoredModel(ModelRecord):
         """This record after a new probe of its file; user-edited fields keep their values."""
         update: dict[str, Any] = {
             "name": name,
-            "type": found.type,
-            "base": found.base,
-            "compatible_bases": found.compatible_bases,
-            "layer_kinds": found.layer_kinds,
-            "format": found.format,
-            "path": path,
-            "source": str(path),
-            "hash": found.hash,
-            "size": fp.size,
-            "mtime_ns": fp.mtime_ns,
-            "is_lcm": found.is_lcm,
-            "metadata": found.metadata,
-            "preview_path": facts.preview_path,
             "status": "ok",
             "error": None,
             "updated_at": now(),
-            "trigger_words": facts.trigger_words,
-            "default_weight": facts.default_weight,
-            "description": facts.description,
+            **_probed_fields(found, path, facts, fp),
         }
         for edited in set(self.user_edits) & set(EDITABLE_FIELDS):
             update.pop(edited, None)
         return self.model_copy(update=update)
+
+
+def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) -> dict[str, Any]:
+    """What a probe of the file (and its model card) decides: the same for a new record and for
+    a rescan's refresh, so that a field the probe gains reaches both."""
+    return {
+        "type": found.type,
+        "base": found.base,
+        "compatible_bases": found.compatible_bases,
+        "layer_kinds": found.layer_kinds,
+        "base_evidence": found.base_evidence,
+        "warnings": found.warnings,
+        "format": found.format,
+        "path": path,
+        "source": str(path),
+        "hash": found.hash,
+        "size": fp.size,
+        "mtime_ns": fp.mtime_ns,
+        "is_lcm": found.is_lcm,
+        "metadata": found.metadata,
+        "preview_path": facts.preview_path,
+        "trigger_words": facts.trigger_words,
+        "default_weight": facts.default_weight,
+        "description": facts.description,
+    }

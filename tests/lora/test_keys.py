@@ -10,15 +10,15 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from loraworks.lora import LoRAFormatError, load_lora
-from loraworks.lora.formats import kohya
 from loraworks.lora.keys import (
-    diffusers_to_sgm,
     flatten,
     sgm_to_diffusers,
     text_encoder_candidates,
     unflatten,
 )
+from loraworks.models.probe import is_lcm_lora
 from tests.fixtures.models import build_components, unet_config
+from tests.lora_parity.sgm import sdxl_sgm_name
 
 DATA = Path(__file__).parent / "data"
 
@@ -43,9 +43,9 @@ def test_kohya_sdxl_names_map_one_to_one_onto_the_diffusers_unet(full_unet_modul
     mapped = {sgm_to_diffusers(unflatten(n[len("lora_unet_") :])) for n in names}
     assert len(mapped) == len(names)
     assert mapped == full_unet_modules["sdxl"]
-    # and back
+    # and back, through the tests' own SDXL table
     for name in full_unet_modules["sdxl"]:
-        assert "lora_unet_" + flatten(diffusers_to_sgm(name, "sdxl")) in names
+        assert "lora_unet_" + flatten(sdxl_sgm_name(name)) in names
 
 
 def test_lcm_lora_names_resolve_on_sd1(full_unet_modules):
@@ -54,14 +54,15 @@ def test_lcm_lora_names_resolve_on_sd1(full_unet_modules):
 
 
 def test_lcm_layout_is_recognised():
-    sd = {}
-    for name in _lines("lcm_lora_sdv1_5_keys.txt"):
-        sd[name + ".lora_down.weight"] = torch.zeros(2, 2)
-        sd[name + ".lora_up.weight"] = torch.zeros(2, 2)
-        sd[name + ".alpha"] = torch.tensor(8.0)
-    assert kohya.is_lcm_format(sd)
-    sd["lora_te_text_model_encoder_layers_0_mlp_fc1.alpha"] = torch.tensor(1.0)
-    assert not kohya.is_lcm_format(sd)
+    """The published LCM-LoRA's module list (whole UNet, no text encoder, no kohya training
+    facts) is an LCM-LoRA by layout alone; a text-encoder layer makes it a concept LoRA."""
+    targets = [
+        "unet." + unflatten(n[len("lora_unet_") :]) for n in _lines("lcm_lora_sdv1_5_keys.txt")
+    ]
+    assert is_lcm_lora(targets, {}, "pytorch_lora_weights")
+    te = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
+    assert not is_lcm_lora([*targets, te], {}, "pytorch_lora_weights")
+    assert not is_lcm_lora(targets, {"ss_network_module": "networks.lora"}, "style")
 
 
 @pytest.mark.parametrize(
@@ -105,12 +106,10 @@ def test_unflatten(flat, dotted):
 )  # fmt: skip
 def test_sgm_to_diffusers(sgm, diffusers):
     assert sgm_to_diffusers(sgm) == diffusers
-    assert diffusers_to_sgm(diffusers, "sdxl") == sgm
 
 
 def test_sd1_upsampler_without_attention():
     assert sgm_to_diffusers("output_blocks.2.1.conv") == "up_blocks.0.upsamplers.0.conv"
-    assert diffusers_to_sgm("up_blocks.0.upsamplers.0.conv", "sd1") == "output_blocks.2.1.conv"
 
 
 def test_bad_sgm_name():

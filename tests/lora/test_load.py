@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from loraworks.lora import LoRA, LoRAFormatError, apply_loras, load_lora
-from loraworks.lora.load import MAX_HEADER_BYTES
-from loraworks.lora.model import move_packed
+from loraworks.lora.files import MAX_HEADER_BYTES
+from loraworks.lora.staging import move_packed
 from tests.fixtures.models import build_components
 from tests.lora.util import kohya_lora
 
@@ -132,9 +132,9 @@ def test_move_packed_is_one_copy_per_dtype_with_the_same_values():
 
 def test_move_packed_packs_at_most_pack_bytes(monkeypatch):
     """A huge LoRA is moved in packs, so packing never holds all of it twice."""
-    from loraworks.lora import model
+    from loraworks.lora import staging
 
-    monkeypatch.setattr(model, "PACK_BYTES", 64)
+    monkeypatch.setattr(staging, "PACK_BYTES", 64)
     tensors = [torch.full((n,), float(n)) for n in (4, 8, 20, 3, 1)]  # fp32: 16/32/80/12/4 B
     moved = move_packed(tensors, torch.device("cpu"), torch.float64)
     assert all(torch.equal(m, t.double()) for m, t in zip(moved, tensors, strict=True))

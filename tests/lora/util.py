@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraworks.lora.keys import diffusers_to_sgm, flatten
+from loraworks.lora.keys import flatten
+from tests.lora_parity.sgm import sdxl_sgm_name
 
 ATTN = ("to_q", "to_k", "to_v", "to_out.0")
 TE_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -34,7 +35,7 @@ def targets(components, kinds=(nn.Linear,), suffixes=ATTN + TE_ATTN):
 def kohya_name(base: str, comp: str, name: str, sgm: bool = True) -> str:
     if comp == "unet":
         if base == "sdxl" and sgm:
-            name = diffusers_to_sgm(name, base)
+            name = sdxl_sgm_name(name)
         return "lora_unet_" + flatten(name)
     return KOHYA_TE_PREFIX[(base, comp)] + flatten(name)
 

@@ -105,6 +105,8 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
     with sqlite3.connect(db) as c:  # back to the schema the previous code wrote
         c.execute("ALTER TABLE models DROP COLUMN compatible_bases")
         c.execute("ALTER TABLE models DROP COLUMN layer_kinds")
+        c.execute("ALTER TABLE models DROP COLUMN base_evidence")
+        c.execute("ALTER TABLE models DROP COLUMN warnings")
         c.execute("UPDATE schema_version SET version = 1")
     c.close()
 
@@ -117,12 +119,16 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
         loras = [r for r in reopened.list(type="lora") if r.name != "gone"]
         assert loras and all(r.layer_kinds == {"lora": _layers(r)} for r in loras)
         assert reopened.get("gone").layer_kinds == {}
+        # the engine's base evidence and warnings, re-read from the files as well
+        assert all(any("→" in line for line in r.base_evidence) for r in loras)
+        assert reopened.get("gone").base_evidence == [] == reopened.get("tiny-main").warnings
     finally:
         reopened.close()
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         left = c.execute(
-            "SELECT COUNT(*) FROM models WHERE compatible_bases IS NULL OR layer_kinds IS NULL"
+            "SELECT COUNT(*) FROM models WHERE compatible_bases IS NULL OR layer_kinds IS NULL "
+            "OR base_evidence IS NULL OR warnings IS NULL"
         )
         assert left.fetchone()[0] == 0
     c.close()

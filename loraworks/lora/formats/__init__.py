@@ -30,3 +30,6 @@ class Converted:
     base_hint: str | None = None
     #: original key prefix per target, for error messages
     origin: dict[str, str] = field(default_factory=dict)
+    #: a layer kind's own label (`Layer.format`, e.g. LoHa → ``lycoris``) replaces ``format``
+    #: (kohya-style files: the same layout serves kohya and LyCORIS)
+    format_from_kinds: bool = False

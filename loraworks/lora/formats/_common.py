@@ -1,4 +1,5 @@
-"""Shared by the diffusers and PEFT converters: leaf names, component routing, PEFT configs."""
+"""Shared by the diffusers and PEFT converters: leaf names (the layer kinds' ``spellings``),
+component routing, PEFT configs."""
 
 from __future__ import annotations
 
@@ -6,37 +7,9 @@ import json
 import re
 from typing import Any
 
+from ..bases import COMPONENTS
 from ..errors import LoRAFormatError
-from ..layers import Convention, Tensor
-
-# PEFT / diffusers leaf spellings → canonical leaves of the layer registry.
-_LEAF_MAP = {
-    "lora_A.weight": "lora_down.weight",
-    "lora_B.weight": "lora_up.weight",
-    "lora_B.bias": "lora_up.bias",
-    "lora.down.weight": "lora_down.weight",
-    "lora.up.weight": "lora_up.weight",
-    "lora_linear_layer.down.weight": "lora_down.weight",
-    "lora_linear_layer.up.weight": "lora_up.weight",
-    "lora_down.weight": "lora_down.weight",
-    "lora_up.weight": "lora_up.weight",
-    "lora_mid.weight": "lora_mid.weight",
-    "lora_magnitude_vector": "lora_magnitude_vector",
-    "lora_magnitude_vector.weight": "lora_magnitude_vector",
-    "alpha": "alpha",
-    "dora_scale": "dora_scale",
-    "ia3_l": "ia3_l",
-    "oft_R.weight": "oft_R",
-    "oft_r": "oft_r",
-    "boft_R": "boft_R",
-    "boft_s": "boft_s",
-}
-_PASS = "hada_w1_a hada_w1_b hada_w2_a hada_w2_b hada_t1 hada_t2 lokr_w1 lokr_w1_a lokr_w1_b"
-for _n in (*_PASS.split(), "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):
-    _LEAF_MAP[_n] = _n
-
-#: first path segment of a leaf (where the module path ends)
-LEAF_HEADS = frozenset(k.split(".", 1)[0] for k in _LEAF_MAP)
+from ..layers import Convention, Tensor, leaf_heads, spellings
 
 # Old diffusers attention-processor LoRA: "<attn>.processor.to_q_lora.down.weight".
 _PROC_UNET = {
@@ -53,7 +26,6 @@ _PROC_TE = {
 }
 _PROC_LEAF = {"down.weight": "lora_down.weight", "up.weight": "lora_up.weight"}
 
-COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
 _UNET_HEADS = ("down_blocks", "up_blocks", "mid_block", "conv_in", "conv_out", "time_embedding",
                "add_embedding", "conv_norm_out", "encoder_hid_proj")  # fmt: skip
 _TE_HEADS = ("text_model", "encoder", "embeddings", "final_layer_norm", "text_projection")
@@ -65,6 +37,7 @@ def split_leaf(key: str) -> tuple[str, str] | None:
     The adapter name PEFT may leave in keys (``lora_A.default.weight``) is dropped.
     """
     parts = key.split(".")
+    leaf_map, heads = spellings(), leaf_heads()
     for i, p in enumerate(parts):
         if p == "processor" and i + 1 < len(parts) and parts[i + 1] in _PROC_UNET:
             leaf = ".".join(parts[i + 2 :])
@@ -73,16 +46,16 @@ def split_leaf(key: str) -> tuple[str, str] | None:
         if p in _PROC_UNET and i + 1 < len(parts) and ".".join(parts[i + 1 :]) in _PROC_LEAF:
             # "self_attn.to_q_lora.down.weight" (old diffusers text-encoder LoRA)
             return ".".join(parts[:i]) + "\x00" + p, _PROC_LEAF[".".join(parts[i + 1 :])]
-        if p in LEAF_HEADS and i > 0:
+        if p in heads and i > 0:
             rest = parts[i:]
             leaf = ".".join(rest)
-            if leaf not in _LEAF_MAP and len(rest) >= 2:
+            if leaf not in leaf_map and len(rest) >= 2:
                 # drop an adapter name: lora_A.<name>.weight / hada_w1_a.<name> / ia3_l.<name>
                 trial = ".".join([rest[0], *rest[2:]])
-                if trial in _LEAF_MAP:
+                if trial in leaf_map:
                     leaf = trial
-            if leaf in _LEAF_MAP:
-                return ".".join(parts[:i]), _LEAF_MAP[leaf]
+            if leaf in leaf_map:
+                return ".".join(parts[:i]), leaf_map[leaf]
     return None
 
 
@@ -179,12 +152,12 @@ def diffusers_metadata_configs(metadata: dict[str, str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for key, value in data.items():
         comp, _, field = key.partition(".")
-        if comp in COMPONENT_PREFIXES and field:
+        if comp in COMPONENTS and field:
             out.setdefault(comp, {})[field] = value
         elif comp and not field:
             out.setdefault("*", {})[comp] = value  # un-prefixed: applies to every component
     if "*" in out:
         shared = out.pop("*")
-        for comp in COMPONENT_PREFIXES:
+        for comp in COMPONENTS:
             out[comp] = {**shared, **out.get(comp, {})}
     return out

@@ -15,11 +15,11 @@ Component prefixes: ``unet.``, ``text_encoder.``, ``text_encoder_2.``. Scale: fr
 
 from __future__ import annotations
 
+from ..bases import COMPONENTS, TEXT_ENCODER_2_WIDTH
 from ..errors import LoRAFormatError
 from ..layers import Tensor
 from . import Converted
 from ._common import (
-    COMPONENT_PREFIXES,
     component_of_module,
     diffusers_metadata_configs,
     finish_module_path,
@@ -31,7 +31,7 @@ from ._common import (
 
 def _strip_component(key: str) -> tuple[str | None, str]:
     head, _, rest = key.partition(".")
-    if head in COMPONENT_PREFIXES and rest:
+    if head in COMPONENTS and rest:
         return head, rest
     return None, key
 
@@ -88,7 +88,7 @@ def convert(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = Non
 def _route_unprefixed_text_encoders(groups: dict[str, dict[str, Tensor]]) -> None:
     """Un-prefixed CLIP keys: CLIP-G (1280 wide) layers belong to ``text_encoder_2``."""
     for target in list(groups):
-        if target.startswith("text_encoder.") and te_width(groups[target]) == 1280:
+        if target.startswith("text_encoder.") and te_width(groups[target]) == TEXT_ENCODER_2_WIDTH:
             new = "text_encoder_2." + target[len("text_encoder.") :]
             if new not in groups:
                 groups[new] = groups.pop(target)

@@ -5,6 +5,8 @@ Keys: ``<prefix><flattened module>.<leaf>`` with prefixes ``lora_unet_`` (UNet),
 UNet). SD1/SD2 UNet names are diffusers names; kohya SDXL UNet names are sgm names
 (``input_blocks_4_1_proj_in``) and are converted to diffusers paths; LCM-LoRA files use the
 kohya prefix with diffusers names on any base. Maths: LyCORIS conventions (alpha in the file).
+The record's format is ``kohya`` unless ``ss_network_module`` names LyCORIS or a layer kind
+only LyCORIS writes is present (`Layer.format`): then ``lycoris``, with or without metadata.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("lora_te_", "text_encoder"),
     ("lycoris_", "unet"),
 )
-LYCORIS_LEAVES = (
-    "hada_", "lokr_", "diff", "w_norm", "b_norm", "on_input", "dora_scale", "lora_mid",
-)  # fmt: skip
 
 
 def _split_prefix(key: str) -> tuple[str, str] | None:
@@ -35,20 +34,6 @@ def _split_prefix(key: str) -> tuple[str, str] | None:
 
 def is_kohya_format(state_dict: dict[str, Tensor]) -> bool:
     return any(_split_prefix(k) for k in state_dict)
-
-
-def is_lcm_format(state_dict: dict[str, Tensor]) -> bool:
-    """LCM-LoRA layout: kohya ``lora_unet_`` prefix, diffusers block names, UNet only, plain
-    LoRA with ``.alpha`` (diffusers' ``train_lcm_distill_lora_*`` scripts save through
-    ``get_module_kohya_state_dict``).
-    On SD1/SD2 this layout is indistinguishable from an ordinary kohya UNet-only LoRA."""
-    keys = list(state_dict)
-    if not keys or not all(k.startswith("lora_unet_") for k in keys):
-        return False
-    if any(is_sgm_unet_path(unflatten(k[len("lora_unet_") :].split(".", 1)[0])) for k in keys):
-        return False
-    leaves = {k.split(".", 1)[1] for k in keys if "." in k}
-    return leaves <= {"lora_up.weight", "lora_down.weight", "alpha"} and "alpha" in leaves
 
 
 def convert(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Converted:
@@ -82,14 +67,14 @@ def convert(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = Non
             f"{len(unknown)} keys of this kohya-style file have no known prefix "
             f"(lora_unet_, lora_te_, lora_te1_, lora_te2_): {shown}"
         )
-    lycoris = any(
-        leaf.startswith(LYCORIS_LEAVES) or leaf == "weight" for g in groups.values() for leaf in g
-    ) or "lycoris" in metadata.get("ss_network_module", "")
+    # the layer kinds may still make it "lycoris" (`Layer.format`, applied by `load.build`)
+    lycoris = "lycoris" in metadata.get("ss_network_module", "")
     unet_names = {(True, False): "sgm", (False, True): "diffusers", (True, True): "mixed"}.get(
         (sgm, diffusers_names)
     )
     return Converted(
         format="lycoris" if lycoris else "kohya",
+        format_from_kinds=True,
         groups=groups,
         unet_names=unet_names,
         sgm_names=sgm,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bases import TEXT_ENCODER_2_WIDTH
 from ..errors import LoRAFormatError
 from ..layers import Tensor
 from ..probe import name_hint
@@ -72,7 +73,7 @@ def _component(groups: dict[str, dict[str, Tensor]]) -> str:
     (kind,) = kinds
     if kind == "text_encoder":
         widths = {te_width(leaves) for leaves in groups.values()} - {None}
-        if widths == {1280}:
+        if widths == {TEXT_ENCODER_2_WIDTH}:
             return "text_encoder_2"
     return kind
 

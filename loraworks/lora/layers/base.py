@@ -8,7 +8,7 @@ strength ``m``::
 
 Linear kinds (LoRA, LoHa, LoKr, Full, Norm) ignore ``W``; non-linear kinds (DoRA, IA3) read it.
 The patcher always passes the *original* weight, sums the residuals of every layer that targets
-a module and rounds once into the module's dtype (see ``loraworks/lora/patch.py``).
+a module and rounds once into the module's dtype (see ``loraworks/lora/patcher.py``).
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ class SparseDiff:
 
     LyCORIS's extractor (``lycoris.utils.extract_diff(..., use_bias=True)``) stores what its
     low-rank factors miss, ``W_tuned - W_base - up@down``, reshaped to [out, in·k·k] and
-    sparsified; it is added to ΔW at strength m (no alpha/r).
+    sparsified; it is added to ΔW at weight m (no alpha/r). It rides along any kind.
     """
+
+    leaves: ClassVar[tuple[str, str, str]] = ("bias_indices", "bias_values", "bias_size")
+    count_leaves: ClassVar[frozenset[str]] = frozenset({"bias_indices", "bias_size"})
 
     def __init__(self, indices: Tensor, values: Tensor, size: Tensor):
         self.indices = indices.long()
@@ -131,11 +134,33 @@ class SparseDiff:
 
 
 class Layer:
-    """One module's worth of a LoRA file, of one kind."""
+    """One module's worth of a LoRA file, of one kind.
+
+    A kind's class is the only place that knows the kind: what it reads (``leaves``), which of
+    those identify it (``triggers``), how PEFT and diffusers files spell them (``spellings``),
+    its layouts we refuse (``refused``) and the format label it implies (``format``). The
+    registry (``registry.py``) and the converters derive their tables from these; see
+    docs/formats.md, "Adding a layer kind".
+    """
 
     kind: ClassVar[str] = "?"
     #: leaf names (after the converter's normalisation) this kind reads
     leaves: ClassVar[frozenset[str]] = frozenset()
+    #: leaves whose presence in a module's keys makes it a layer of this kind (disjoint across
+    #: kinds, LyCORIS ``weight_list_det``)
+    triggers: ClassVar[tuple[str, ...]] = ()
+    #: leaf spellings in PEFT / diffusers keys → this kind's leaf (kohya-style files use the
+    #: leaf names themselves); also what tells a converter where a module path ends
+    spellings: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: leaves of layouts of this kind we cannot read → what they are (refused by name)
+    refused: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: leaves that hold counts, flags or indices; every other leaf must be floating-point
+    count_leaves: ClassVar[frozenset[str]] = frozenset({"alpha"})
+    #: the record ``format`` this kind implies in a kohya-style file (``lycoris`` for the kinds
+    #: only LyCORIS writes); None: the file's key family decides
+    format: ClassVar[str | None] = None
+    #: for a wrapper kind (DoRA): the kinds it wraps; its triggers are read beside theirs
+    wraps: ClassVar[tuple[type[Layer], ...]] = ()
     #: True when ΔW does not depend on the module's weight
     linear: ClassVar[bool] = True
     #: True when `residuals` may return a bias delta
@@ -149,6 +174,11 @@ class Layer:
 
     @classmethod
     def from_state_dict(cls, leaves: dict[str, Tensor], convention: Convention) -> Layer:
+        raise NotImplementedError
+
+    @classmethod
+    def wrap(cls, inner: Layer, leaves: dict[str, Tensor]) -> Layer:
+        """A wrapper kind around `inner`, from the wrapper's own `leaves`."""
         raise NotImplementedError
 
     # --- what the patcher asks -------------------------------------------------------------

@@ -26,13 +26,27 @@ normalising by ‖W‖) differ; we follow the producers above. The bias is not d
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from ..errors import LoRAFormatError
 from .base import Layer, Tensor, as_weight_shape, f32
+from .loha import LoHaLayer
+from .lokr import LoKrLayer
+from .lora import LoRALayer
 
 
 class DoRALayer(Layer):
     kind = "dora"
     linear = False
+    triggers = ("dora_scale", "lora_magnitude_vector")
+    spellings = MappingProxyType(
+        {
+            "dora_scale": "dora_scale",
+            "lora_magnitude_vector": "lora_magnitude_vector",
+            "lora_magnitude_vector.weight": "lora_magnitude_vector",  # PEFT ≥ 0.14
+        }
+    )
+    wraps = (LoRALayer, LoHaLayer, LoKrLayer)
 
     def __init__(self, inner: Layer, magnitude: Tensor, mode: str):
         if mode not in ("lycoris", "peft"):
@@ -51,6 +65,16 @@ class DoRALayer(Layer):
                     f"DoRA magnitude of shape {tuple(magnitude.shape)} does not fit the layer's "
                     f"weight shape {tuple(shape)}"
                 )
+
+    @classmethod
+    def wrap(cls, inner, leaves):
+        mode = "lycoris" if "dora_scale" in leaves else "peft"
+        return cls(inner, next(iter(leaves.values())), mode)
+
+    @property
+    def format(self) -> str | None:
+        """``dora_scale`` is LyCORIS's spelling; PEFT's magnitude leaves the inner kind's."""
+        return "lycoris" if self.mode == "lycoris" else self.inner.format
 
     @property
     def touches_bias(self) -> bool:

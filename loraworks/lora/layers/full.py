@@ -11,6 +11,8 @@ from .base import Layer, as_weight_shape, f32, require
 class FullLayer(Layer):
     kind = "full"
     leaves = frozenset({"diff", "diff_b"})
+    triggers = ("diff",)
+    format = "lycoris"
     w_key, b_key = "diff", "diff_b"
 
     def __init__(self, diff, diff_b=None):

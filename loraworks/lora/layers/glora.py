@@ -31,6 +31,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 class GLoRALayer(Layer):
     kind = "glora"
     leaves = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"})
+    triggers = ("a1.weight",)
+    format = "lycoris"
     linear = False
 
     def __init__(self, a1, a2, b1, b2, alpha=None, convention: Convention | None = None):

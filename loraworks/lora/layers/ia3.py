@@ -17,6 +17,8 @@ the effect as for every other kind.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from ..errors import LoRAFormatError
@@ -26,6 +28,9 @@ from .base import Convention, Layer, Tensor, f32
 class IA3Layer(Layer):
     kind = "ia3"
     leaves = frozenset({"weight", "on_input", "ia3_l"})
+    triggers = ("ia3_l", "on_input", "weight")
+    spellings = MappingProxyType({"ia3_l": "ia3_l"})
+    count_leaves = frozenset({"on_input"})
     linear = False
 
     def __init__(self, vector: Tensor, on_input: bool | None, producer: str):
@@ -52,6 +57,11 @@ class IA3Layer(Layer):
     @property
     def touches_bias(self) -> bool:
         return self.producer == "peft"
+
+    @property
+    def format(self) -> str | None:
+        """``weight``/``on_input`` leaves are LyCORIS's IA³; PEFT's ``ia3_l`` implies nothing."""
+        return "lycoris" if self.producer == "lycoris" else None
 
     def tensors(self):
         return {"ia3_l" if self.producer == "peft" else "weight": self.vector}

@@ -13,6 +13,8 @@ r = ``hada_w1_b.shape[0]``; α missing/0 → r. PEFT: α = config ``alpha`` (LyC
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from ..errors import LoRAFormatError
@@ -24,6 +26,9 @@ class LoHaLayer(Layer):
     leaves = frozenset(
         {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"}
     )
+    triggers = ("hada_w1_a",)
+    spellings = MappingProxyType({leaf: leaf for leaf in leaves})  # PEFT LoHa keeps the names
+    format = "lycoris"
 
     def __init__(self, w1a, w1b, w2a, w2b, t1=None, t2=None, alpha=None, convention=None):
         convention = convention or Convention()

@@ -20,6 +20,8 @@ Scale, per producer:
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from ..errors import LoRAFormatError
@@ -32,6 +34,9 @@ class LoKrLayer(Layer):
         {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
         | {"alpha"}
     )
+    triggers = ("lokr_w1", "lokr_w1_a")
+    spellings = MappingProxyType({leaf: leaf for leaf in leaves})  # PEFT LoKr keeps the names
+    format = "lycoris"
 
     def __init__(
         self,

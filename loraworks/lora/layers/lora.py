@@ -15,6 +15,8 @@ LyCORIS rs-LoRA files need nothing special: LyCORIS saves α·√r so that α/r 
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from ..errors import LoRAFormatError
@@ -25,6 +27,20 @@ class LoRALayer(Layer):
     kind = "lora"
     leaves = frozenset(
         {"lora_up.weight", "lora_down.weight", "lora_mid.weight", "alpha", "lora_up.bias"}
+    )
+    triggers = ("lora_down.weight", "lora_up.weight")
+    spellings = MappingProxyType(
+        {
+            "lora_A.weight": "lora_down.weight",  # PEFT, diffusers ≥ 0.24
+            "lora_B.weight": "lora_up.weight",
+            "lora_B.bias": "lora_up.bias",
+            "lora.down.weight": "lora_down.weight",  # diffusers UNet, 0.2x
+            "lora.up.weight": "lora_up.weight",
+            "lora_linear_layer.down.weight": "lora_down.weight",  # diffusers text encoder, 0.2x
+            "lora_linear_layer.up.weight": "lora_up.weight",
+            **{leaf: leaf for leaf in ("lora_down.weight", "lora_up.weight", "lora_mid.weight")},
+            "alpha": "alpha",
+        }
     )
 
     def __init__(
@@ -67,6 +83,11 @@ class LoRALayer(Layer):
     @property
     def touches_bias(self) -> bool:
         return self.up_bias is not None
+
+    @property
+    def format(self) -> str | None:
+        """A Tucker/CP middle factor is LyCORIS's alone; plain LoRA/LoCon is kohya's too."""
+        return "lycoris" if self.mid is not None else None
 
     @classmethod
     def from_state_dict(cls, leaves, convention):

@@ -11,6 +11,7 @@ from .full import FullLayer
 class NormLayer(FullLayer):
     kind = "norm"
     leaves = frozenset({"w_norm", "b_norm"})
+    triggers = ("w_norm",)
     w_key, b_key = "w_norm", "b_norm"
 
     def in_features(self):

@@ -29,6 +29,8 @@ LyCORIS 2 ``oft_diag`` layout is refused by name.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from ..errors import LoRAFormatError
@@ -38,6 +40,9 @@ from .base import Convention, Layer, Tensor, f32, scalar
 class OFTLayer(Layer):
     kind = "oft"
     leaves = frozenset({"oft_blocks", "alpha", "rescale"})
+    triggers = ("oft_blocks",)
+    refused = MappingProxyType({"oft_diag": "OFT in the LyCORIS 2 layout (oft_diag)"})
+    format = "lycoris"
     linear = False
 
     def __init__(self, blocks: Tensor, constraint: float, rescale: Tensor | None = None):

@@ -17,6 +17,7 @@ rotations are applied to W group by group; the dense fan-in² matrix PEFT builds
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 
@@ -36,6 +37,8 @@ def butterfly_perm(n: int, blocks: int, block: int, stage: int) -> Tensor:
 class PeftBOFTLayer(Layer):
     kind = "boft"
     leaves = frozenset({"boft_R", "boft_s"})
+    triggers = ("boft_R",)
+    spellings = MappingProxyType({leaf: leaf for leaf in leaves})
     linear = False
 
     def __init__(self, blocks: Tensor, scale: Tensor):

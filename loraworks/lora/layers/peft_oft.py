@@ -24,6 +24,7 @@ follow the merge, which is what ``merge_and_unload`` leaves in the model.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 
@@ -34,6 +35,9 @@ from .base import Convention, Layer, Tensor, f32
 class PeftOFTLayer(Layer):
     kind = "oft"
     leaves = frozenset({"oft_R"})
+    triggers = ("oft_R",)
+    spellings = MappingProxyType({"oft_R.weight": "oft_R", "oft_r": "oft_r"})
+    refused = MappingProxyType({"oft_r": "OFT in PEFT's older layout (oft_r)"})
     linear = False
 
     def __init__(
