@@ -1,8 +1,8 @@
 """The contract every layer kind follows.
 
 A layer is built once from the leaves of one module's keys (``from_state_dict``) and then asked
-for *residuals*: given the module's current parameters in fp32, what to add to them at a user
-strength ``m``::
+for *residuals*: given the module's current parameters in fp32, what to add to them at the user's
+weight ``m``::
 
     residuals({"weight": W, "bias": b_or_None}, m) -> {"weight": ΔW | None, "bias": Δb | None}
 
@@ -182,7 +182,7 @@ class Layer:
         raise NotImplementedError
 
     # --- what the patcher asks -------------------------------------------------------------
-    def residuals(self, params: dict[str, Tensor | None], strength: float) -> dict:
+    def residuals(self, params: dict[str, Tensor | None], weight: float) -> dict:
         raise NotImplementedError
 
     def delta_shape(self) -> tuple[int, ...] | None:
@@ -198,7 +198,7 @@ class Layer:
         shape = self.delta_shape()
         return int(shape[0]) if shape else None
 
-    def magnitude_bound(self, strength: float) -> float | None:
+    def magnitude_bound(self, weight: float) -> float | None:
         """An upper bound of max|ΔW|, or None when the kind has no cheap bound."""
         return None
 
@@ -212,16 +212,16 @@ class Layer:
     def tensors(self) -> dict[str, Tensor]:
         return {}
 
-    def add_weight(self, acc: Tensor | None, weight: Tensor, strength: float) -> Tensor:
+    def add_weight(self, acc: Tensor | None, w: Tensor, weight: float) -> Tensor:
         """Add this layer's weight residual to ``acc`` (fp32, owned by the patcher) or, when
-        ``acc`` is None, return ``weight + ΔW`` as a fresh fp32 tensor. Only used for linear
+        ``acc`` is None, return ``w + ΔW`` as a fresh fp32 tensor. Only used for linear
         kinds; the default goes through `residuals`."""
-        dw = self.residuals({"weight": weight, "bias": None}, strength)["weight"]
+        dw = self.residuals({"weight": w, "bias": None}, weight)["weight"]
         if dw is None:
-            return weight.clone() if acc is None else acc
-        dw = as_weight_shape(dw, weight)
+            return w.clone() if acc is None else acc
+        dw = as_weight_shape(dw, w)
         if acc is None:
-            return weight + dw
+            return w + dw
         return acc.add_(dw)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -248,11 +248,11 @@ class Layer:
             return f"sparse bias of size {self.sparse.size} does not fit weight {weight_shape}"
         return None
 
-    def _with_sparse(self, delta: Tensor | None, weight: Tensor, strength: float) -> Tensor | None:
+    def _with_sparse(self, delta: Tensor | None, w: Tensor, weight: float) -> Tensor | None:
         if self.sparse is None:
             return delta
-        extra = self.sparse.dense(weight.device).reshape(weight.shape) * strength
-        return extra if delta is None else as_weight_shape(delta, weight) + extra
+        extra = self.sparse.dense(w.device).reshape(w.shape) * weight
+        return extra if delta is None else as_weight_shape(delta, w) + extra
 
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.tensors().items()}

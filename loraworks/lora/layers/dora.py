@@ -9,7 +9,7 @@ The user weight m means what the file's producer means by it:
 
 * LyCORIS (``dora_scale``; ``functional/general.py::weight_decompose``)::
 
-      V = W + ΔW₁         (ΔW₁ = the inner layer at strength 1)
+      V = W + ΔW₁         (ΔW₁ = the inner layer at weight 1)
       s = dora / ‖V‖;   s ← m·(s − 1) + 1
       W' = V ⊙ s
 
@@ -103,18 +103,18 @@ class DoRALayer(Layer):
         n = t.reshape(t.shape[0], -1).norm(dim=1)
         return n.reshape(1, v.shape[1], *[1] * (v.dim() - 2))
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
-        inner_strength = 1.0 if self.mode == "lycoris" else strength
-        res = self.inner.residuals(params, inner_strength)
+        inner_weight = 1.0 if self.mode == "lycoris" else weight
+        res = self.inner.residuals(params, inner_weight)
         v = w + as_weight_shape(res["weight"], w)
         norm = self._norm(v)
         mag = f32(self.magnitude, w.device).reshape(norm.shape)
         scale = mag / norm
-        if self.mode == "lycoris" and strength != 1:
-            scale = strength * (scale - 1) + 1
+        if self.mode == "lycoris" and weight != 1:
+            scale = weight * (scale - 1) + 1
         dw = v * scale - w
         db = res.get("bias")
         if db is not None and self.mode == "lycoris":
-            db = db * strength
+            db = db * weight
         return {"weight": dw, "bias": db}

@@ -39,10 +39,10 @@ class FullLayer(Layer):
     def in_features(self):
         return int(self.diff.shape[1]) if self.diff.dim() >= 2 else None
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
-        dw = as_weight_shape(f32(self.diff, w.device), w) * strength
+        dw = as_weight_shape(f32(self.diff, w.device), w) * weight
         db = None
         if self.diff_b is not None:
-            db = f32(self.diff_b, w.device).reshape(-1) * strength
-        return {"weight": self._with_sparse(dw, w, strength), "bias": db}
+            db = f32(self.diff_b, w.device).reshape(-1) * weight
+        return {"weight": self._with_sparse(dw, w, weight), "bias": db}

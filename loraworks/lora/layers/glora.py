@@ -76,7 +76,7 @@ class GLoRALayer(Layer):
             return f"GLoRA ({layout} layout, rank {self.rank}) does not fit weight {weight_shape}"
         return None
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         a1, a2, b1, b2 = (_flat(f32(t, w.device)) for t in (self.a1, self.a2, self.b1, self.b2))
         if self.old:
@@ -86,5 +86,5 @@ class GLoRALayer(Layer):
             inner = a1 @ a2  # [in, in]: W ×ᵢₙ a1 ×ᵢₙ a2 = W ×ᵢₙ (a1 @ a2)
             turned = torch.einsum("o i ..., i j -> o j ...", w, inner)
             summed = b1 @ b2
-        dw = (turned.reshape(w.shape) + summed.reshape(w.shape)) * (self.scale * strength)
+        dw = (turned.reshape(w.shape) + summed.reshape(w.shape)) * (self.scale * weight)
         return {"weight": dw, "bias": None}

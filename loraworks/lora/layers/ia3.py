@@ -94,12 +94,12 @@ class IA3Layer(Layer):
             return f"IA3 vector of {n} does not fit weight {tuple(weight_shape)}"
         return None
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         v = f32(self.vector, w.device).reshape(-1)
         if self.producer == "peft":
             v = v - 1.0
-        v = v * strength
+        v = v * weight
         on_input = self._axis(w)
         shape = [1] * w.dim()
         shape[1 if on_input else 0] = v.numel()

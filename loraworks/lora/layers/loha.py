@@ -82,7 +82,7 @@ class LoHaLayer(Layer):
     def in_features(self):
         return int(self.w1b.shape[1])
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         d = w.device
         if self.t1 is not None:
@@ -92,5 +92,5 @@ class LoHaLayer(Layer):
         else:
             w1 = f32(self.w1a, d) @ f32(self.w1b, d)
             w2 = f32(self.w2a, d) @ f32(self.w2b, d)
-        dw = as_weight_shape(w1 * w2, w) * (self.scale * strength)
-        return {"weight": self._with_sparse(dw, w, strength), "bias": None}
+        dw = as_weight_shape(w1 * w2, w) * (self.scale * weight)
+        return {"weight": self._with_sparse(dw, w, weight), "bias": None}

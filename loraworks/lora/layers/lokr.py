@@ -126,7 +126,7 @@ class LoKrLayer(Layer):
     def in_features(self):
         return int(self._shape[1]) if len(self._shape) == 2 else None
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
-        dw = as_weight_shape(self._kron(w.device), w) * (self.scale * strength)
-        return {"weight": self._with_sparse(dw, w, strength), "bias": None}
+        dw = as_weight_shape(self._kron(w.device), w) * (self.scale * weight)
+        return {"weight": self._with_sparse(dw, w, weight), "bias": None}

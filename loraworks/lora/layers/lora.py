@@ -115,7 +115,7 @@ class LoRALayer(Layer):
             return (out, int(self.down.shape[1]), *self.mid.shape[2:])
         return (out, *self.down.shape[1:])
 
-    def magnitude_bound(self, strength):
+    def magnitude_bound(self, weight):
         if self.mid is not None or self.sparse is not None:
             return None
         if not {"lora_up.weight", "lora_down.weight"} <= self.max_abs.keys():
@@ -124,7 +124,7 @@ class LoRALayer(Layer):
                 "lora_down.weight": float(self.down.abs().max()),
             }
         up, down = self.max_abs["lora_up.weight"], self.max_abs["lora_down.weight"]
-        return abs(self.scale * strength) * up * down * self.rank
+        return abs(self.scale * weight) * up * down * self.rank
 
     def in_features(self):
         return int(self.down.shape[1])
@@ -138,25 +138,25 @@ class LoRALayer(Layer):
             return torch.einsum("m n ..., i m, n j -> i j ...", mid, up, down)
         return (up @ down).reshape(self.delta_shape())
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
-        dw = as_weight_shape(self.delta(w.device), w) * (self.scale * strength)
-        dw = self._with_sparse(dw, w, strength)
+        dw = as_weight_shape(self.delta(w.device), w) * (self.scale * weight)
+        dw = self._with_sparse(dw, w, weight)
         db = None
         if self.up_bias is not None:
-            db = f32(self.up_bias, w.device) * (self.scale * strength)
+            db = f32(self.up_bias, w.device) * (self.scale * weight)
         return {"weight": dw, "bias": db}
 
     # Fast path used by the patcher for plain (non-Tucker) LoRA: one GEMM straight into the
     # fresh output tensor, no separate ΔW allocation.
-    def add_weight(self, acc: Tensor | None, weight: Tensor, strength: float) -> Tensor:
+    def add_weight(self, acc: Tensor | None, w: Tensor, weight: float) -> Tensor:
         if self.mid is not None or self.sparse is not None:
-            return super().add_weight(acc, weight, strength)
-        up = f32(self.up, weight.device).flatten(1)
-        down = f32(self.down, weight.device).flatten(1)
-        alpha = self.scale * strength
+            return super().add_weight(acc, w, weight)
+        up = f32(self.up, w.device).flatten(1)
+        down = f32(self.down, w.device).flatten(1)
+        alpha = self.scale * weight
         if acc is None:
-            base = weight.reshape(weight.shape[0], -1)
-            return torch.addmm(base, up, down, alpha=alpha).reshape(weight.shape)
+            base = w.reshape(w.shape[0], -1)
+            return torch.addmm(base, up, down, alpha=alpha).reshape(w.shape)
         acc.view(acc.shape[0], -1).addmm_(up, down, alpha=alpha)
         return acc

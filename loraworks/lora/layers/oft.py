@@ -103,10 +103,10 @@ class OFTLayer(Layer):
             return None
         return f32(self.rescale, w.device).reshape(-1, *[1] * (w.dim() - 1))
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         n, b = int(self.blocks.shape[0]), int(self.blocks.shape[1])
-        turn = (self.rotation(w.device) - torch.eye(b, device=w.device)) * strength
+        turn = (self.rotation(w.device) - torch.eye(b, device=w.device)) * weight
         rows = w.reshape(n, b, *w.shape[1:])
         dw = torch.einsum("k n m, k n ... -> k m ...", turn, rows).reshape(w.shape)
         scale = self._row_scale(w)
@@ -127,7 +127,7 @@ class BOFTLayer(OFTLayer):
         if stages < 1 or (n * b) % (2 ** (stages - 1) * b):  # stage i mixes groups of 2^i·b
             raise LoRAFormatError(f"{stages} butterfly stages do not fit {n} blocks of {b} rows")
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         stages, n, b = (int(x) for x in self.blocks.shape[:3])
         eye = torch.eye(b, device=w.device)
@@ -135,7 +135,7 @@ class BOFTLayer(OFTLayer):
         rows = torch.arange(n * b, device=w.device)
         x = w
         for i in range(stages):
-            stage = strength * rot[i] + (1 - strength) * eye
+            stage = weight * rot[i] + (1 - weight) * eye
             # P_i: each group of 2^i·b rows, read as [2, 2^i·b/2], transposed
             perm = rows.reshape(-1, 2, 2**i * b // 2).transpose(1, 2).reshape(-1)
             blocks = x[perm].reshape(n, b, *w.shape[1:])

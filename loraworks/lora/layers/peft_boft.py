@@ -87,7 +87,7 @@ class PeftBOFTLayer(Layer):
         eye = torch.eye(blocks.shape[-1], device=device)
         return torch.linalg.solve(eye + skew, eye - skew, left=False)
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         stages, n_blocks, b = (int(x) for x in self.blocks.shape[:3])
         rot = self.rotation(w.device)
@@ -101,4 +101,4 @@ class PeftBOFTLayer(Layer):
             y = y.reshape(x.shape)
             x = y if perm is None else y[:, perm]  # P
         turned = x * f32(self.scale_rows, w.device).reshape(-1, 1)
-        return {"weight": ((turned - rows) * strength).reshape(w.shape), "bias": None}
+        return {"weight": ((turned - rows) * weight).reshape(w.shape), "bias": None}

@@ -115,11 +115,11 @@ class PeftOFTLayer(Layer):
             r = r + 2 * power
         return r + power @ q
 
-    def residuals(self, params, strength):
+    def residuals(self, params, weight):
         w = params["weight"]
         b = self.block
         turn = self.rotation(w.device) - torch.eye(b, device=w.device)
         rows = w.reshape(w.shape[0], -1, b)
         # a shared block (n = 1) broadcasts over all of the input's blocks
-        dw = torch.einsum("o n k, n c k -> o n c", rows, turn) * strength
+        dw = torch.einsum("o n k, n c k -> o n c", rows, turn) * weight
         return {"weight": dw.reshape(w.shape), "bias": None}
