@@ -170,8 +170,9 @@ def show(
                 continue
             if field == "format":
                 value = _format(record)
-            if isinstance(value, list):
-                value = ", ".join(map(str, value))
+            if isinstance(value, list):  # evidence and warnings are sentences: one per line
+                sep = "\n" if field in ("base_evidence", "warnings") else ", "
+                value = sep.join(map(str, value))
             table.add_row(field, Text("" if value is None else str(value)))
         for key, value in sorted(record.metadata.items()):
             table.add_row(Text(f"metadata.{key}"), Text(_short(str(value))))

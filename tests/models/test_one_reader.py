@@ -84,3 +84,18 @@ def test_records_show_how_the_base_was_decided_and_the_engine_s_warnings(mm, tmp
     sd1 = mm.install(write(tmp_path / "sd1.safetensors", kohya_sd1_tensors()))
     assert any("cross-attention width 768" in line for line in sd1.base_evidence)
     assert sd1.warnings == []
+
+
+def test_models_show_prints_the_evidence_and_warnings(cli, tmp_path):
+    """A CLIP-L-only file whose metadata says SD1 while SDXL naming is used: `show` gives how
+    the base was decided, one line each, and the engine's warnings."""
+    meta = {"ss_base_model_version": "sd_v1"}
+    cli("install", str(write(tmp_path / "clip-l.safetensors", kohya_clip_l_tensors(), meta)))
+    record = cli.json("show", "clip-l")
+    assert (
+        record["base_evidence"]
+        and record["base_evidence"] == load_lora(tmp_path / "clip-l.safetensors").base_evidence
+    )
+    shown = cli("show", "clip-l").stdout
+    for line in record["base_evidence"] + record["warnings"]:
+        assert line.split(" (")[0].split(" →")[0] in shown
