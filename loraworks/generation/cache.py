@@ -20,9 +20,7 @@ import torch
 
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
-from loraworks.lora import LoRA, LoRAPatcher, load_lora
-from loraworks.lora.model import same_device
-from loraworks.lora.patch import free_bytes
+from loraworks.lora import LoRA, LoRAPatcher, free_bytes, load_lora, same_device
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.config import ComputeSettings
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from .layers import Layer
+from .staging import move_layers
 
 
 @dataclass(eq=False)
@@ -76,7 +75,7 @@ class LoRA:
                     # a value beyond the new dtype's range becomes inf there (rounding inside
                     # it stays far within the overflow bound's 4x margin)
                     part.max_abs = {k: v if v <= cap else math.inf for k, v in part.max_abs.items()}
-        _move(self.layers.values(), device, dtype)
+        move_layers(self.layers.values(), device, dtype)
         return self
 
     def __repr__(self) -> str:
@@ -85,86 +84,3 @@ class LoRA:
             f"LoRA(name={self.name!r}, base={self.base!r}, format={self.format!r}, "
             f"layers={len(self.layers)} [{kinds}])"
         )
-
-
-def layer_copies_on(layers: list[Layer], device: torch.device) -> dict[int, Layer]:
-    """Copies of `layers` (by id) with their tensors on `device`, moved in one transfer per
-    dtype; the layers given are untouched (their LoRA may be in use elsewhere)."""
-    copies = {id(layer): _copy_layer(layer) for layer in layers}
-    _move(copies.values(), device)
-    return copies
-
-
-def _copy_layer(layer: Layer) -> Layer:
-    out = copy.copy(layer)
-    if out.sparse is not None:
-        out.sparse = copy.copy(out.sparse)
-    inner = getattr(out, "inner", None)
-    if inner is not None:
-        out.inner = _copy_layer(inner)
-    return out
-
-
-def _move(layers: Iterable[Layer], device, dtype: torch.dtype | None = None) -> None:
-    """Every floating-point tensor of `layers` (theirs, a DoRA's inner layer's, a sparse
-    diff's) to `device`/`dtype`, set back on the objects that held them."""
-    slots: list[tuple[object, str]] = []
-    for layer in layers:
-        inner = getattr(layer, "inner", None)
-        for obj in (layer, inner, layer.sparse, getattr(inner, "sparse", None)):
-            if obj is not None:
-                slots += [
-                    (obj, attr)
-                    for attr, val in vars(obj).items()
-                    if isinstance(val, torch.Tensor) and val.is_floating_point()
-                ]
-    tensors = [getattr(obj, attr) for obj, attr in slots]
-    target = None if device is None else torch.device(device)
-    if target is not None and not all(same_device(t.device, target) for t in tensors):
-        moved = move_packed(tensors, target, dtype)
-    else:
-        moved = [t.to(dtype=dtype) for t in tensors]
-    for (obj, attr), t in zip(slots, moved, strict=True):
-        setattr(obj, attr, t)
-
-
-def same_device(a: torch.device, b: torch.device) -> bool:
-    """`cuda` is `cuda:0`, as where `.to("cuda")` puts a tensor on a one-GPU machine."""
-    return (a.type, a.index or 0) == (b.type, b.index or 0)
-
-
-#: largest staging buffer of `move_packed`: packing costs that much extra memory on the source
-#: side for a moment (a 4 GB full-weight LyCORIS file must not need 4 GB more host RAM)
-PACK_BYTES = 256 * 2**20
-
-
-def move_packed(
-    tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype | None = None
-) -> list[torch.Tensor]:
-    """`[t.to(device, dtype) for t in tensors]` in one copy per source (device, dtype) and
-    `PACK_BYTES`: the tensors of a pack are flattened into one buffer, moved, and split back
-    into views of it. A tensor that appears twice comes back as one tensor."""
-    out: dict[int, torch.Tensor] = {}
-    groups: dict[tuple[torch.device, torch.dtype], dict[int, torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), {})[id(t)] = t
-    for members in groups.values():
-        for pack in _packs(list(members.values())):
-            flat = torch.cat([t.reshape(-1) for t in pack]).to(device, dtype)
-            for t, part in zip(pack, flat.split([t.numel() for t in pack]), strict=True):
-                out[id(t)] = part.view(t.shape)
-    return [out[id(t)] for t in tensors]
-
-
-def _packs(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Consecutive runs of `tensors` of at most `PACK_BYTES` each (a bigger tensor alone)."""
-    packs: list[list[torch.Tensor]] = [[]]
-    used = 0
-    for t in tensors:
-        size = t.numel() * t.element_size()
-        if packs[-1] and used + size > PACK_BYTES:
-            packs.append([])
-            used = 0
-        packs[-1].append(t)
-        used += size
-    return packs

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraworks.generation.errors import GenerationError, UnusableModel
-from loraworks.lora.errors import LoRABaseMismatch, LoRAError
+from loraworks.lora import LoRABaseMismatch, LoRAError
 from loraworks.models.errors import ModelError, ModelNotFound
 
 log = logging.getLogger("loraworks.server")

@@ -286,7 +286,7 @@ def test_a_stack_that_cannot_fit_in_memory_is_refused_before_any_change(monkeypa
     lora = load_lora((kohya_lora(c), {}))
     snap = snapshot(c)
     fake = SimpleNamespace(available=1024)  # 1 KiB free
-    monkeypatch.setattr("loraworks.lora.patch.psutil.virtual_memory", lambda: fake)
+    monkeypatch.setattr("loraworks.lora.staging.psutil.virtual_memory", lambda: fake)
     with pytest.raises(LoRAError, match=r"needs about .* GiB of cpu memory.*nothing is patched"):
         _apply_and_exit(c.as_mapping(), [(lora, 1.0)])
     assert_bit_exact(c, snap)
@@ -294,7 +294,7 @@ def test_a_stack_that_cannot_fit_in_memory_is_refused_before_any_change(monkeypa
 
 def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
     """Freed patched weights stay in PyTorch's CUDA cache; they are free to the next stack."""
-    from loraworks.lora.patch import free_bytes
+    from loraworks.lora import free_bytes
 
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (1 * gib, 80 * gib))
@@ -305,10 +305,10 @@ def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeyp
 
 
 def test_staged_layer_copies_patch_the_same_weights_and_leave_the_lora_alone(monkeypatch):
-    """The staging path (`_stage`, taken for a host LoRA on a GPU model) forced on the CPU:
+    """The staging path (`stage`, taken for a host LoRA on a GPU model) forced on the CPU:
     the copies patch what the LoRA's own layers patch, and the LoRA keeps its layer objects
     and tensors. (On a GPU: `test_a_host_lora_on_a_cuda_model_on_its_device`.)"""
-    from loraworks.lora import model, patch
+    from loraworks.lora import patcher, staging
 
     c = build_components("sd1")
     lora = load_lora((kohya_lora(c), {}))
@@ -323,8 +323,8 @@ def test_staged_layer_copies_patch_the_same_weights_and_leave_the_lora_alone(mon
         staged.append(len(out[torch.device("cpu")]))
         return out
 
-    monkeypatch.setattr(patch, "_layers_away", every_layer)
-    monkeypatch.setattr(model, "same_device", lambda _a, _b: False)  # copy, as to a GPU
+    monkeypatch.setattr(patcher, "layers_away", every_layer)
+    monkeypatch.setattr(staging, "same_device", lambda _a, _b: False)  # copy, as to a GPU
     with apply_loras(c.as_mapping(), [(lora, 0.8)]) as report:
         got = snapshot(c)
     assert staged == [len(layers)] and report.applied == len(layers)
@@ -336,7 +336,7 @@ def test_staged_layer_copies_patch_the_same_weights_and_leave_the_lora_alone(mon
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 def test_a_host_lora_on_a_cuda_model_on_its_device():
-    """A LoRA left in host memory patches a GPU model through one staged copy (`_stage`): the
+    """A LoRA left in host memory patches a GPU model through one staged copy (`stage`): the
     same weights as the LoRA moved there first, the LoRA itself still on the host, the model
     restored bit for bit."""
     c = build_components("sd1")

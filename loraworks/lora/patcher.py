@@ -6,6 +6,8 @@ How one module is patched (``W`` = its original weight tensor, never modified)::
     new = acc.to(W.dtype)                            rounded once
     param.data = new                                 same Parameter object, new storage
 
+``m_i`` is the weight of layer i's LoRA for the module's component (`strength`).
+
 * **Order.** Every residual is computed from the *original* W and they are summed, so the
   result does not depend on the order of the stack — also for the kinds that read W (DoRA, IA³).
   This is how LyCORIS (each module's ``forward`` reads the untouched ``org_module.weight``) and
@@ -31,27 +33,24 @@ How one module is patched (``W`` = its original weight tensor, never modified)::
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import torch
 from torch import nn
 
+from .components import ModuleIndex, components_of, model_base
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
-from .keys import flatten, text_encoder_candidates
 from .layers import Layer
-from .bases import COMPONENTS
-from .model import LoRA, layer_copies_on
+from .model import LoRA
+from .staging import check_memory, is_out_of_memory, layers_away, stage
+from .strength import Strength, component_weights
 
-Weight = float | Mapping[str, float]
-Stack = Sequence[tuple[LoRA, Weight]]
+Stack = Sequence[tuple[LoRA, Strength]]
 
 
 @dataclass
@@ -69,180 +68,23 @@ class PatchReport:
         return True
 
 
-# --- components and the model's base ----------------------------------------------------
-
-
-def components_of(pipe: Any) -> dict[str, nn.Module]:
-    if isinstance(pipe, Mapping):
-        unknown = set(pipe) - set(COMPONENTS) - {"vae", "tokenizer", "tokenizer_2", "scheduler"}
-        if unknown:
-            raise LoRAError(
-                f"unknown component name(s) {sorted(unknown)}; expected {', '.join(COMPONENTS)}"
-            )
-        comps = {k: pipe[k] for k in COMPONENTS if pipe.get(k) is not None}
-    else:
-        comps = {k: getattr(pipe, k) for k in COMPONENTS if getattr(pipe, k, None) is not None}
-    for k, m in list(comps.items()):
-        m = getattr(m, "_orig_mod", m)  # a torch.compile'd module patches its original
-        comps[k] = m
-        if not isinstance(m, nn.Module):
-            raise LoRAError(f"component {k!r} is a {type(m).__name__}, not a torch module")
-    if not comps:
-        raise LoRAError("no unet / text_encoder / text_encoder_2 to patch in the given pipeline")
-    return comps
-
-
-def model_base(comps: Mapping[str, nn.Module]) -> str | None:
-    """sd1/sd2/sdxl from the modules' widths; None when the components do not tell."""
-    unet = comps.get("unet")
-    if unet is not None:
-        width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-        if isinstance(width, list | tuple):
-            width = width[0] if width else None
-        if width is None:
-            for name, m in unet.named_modules():
-                if name.endswith("attn2.to_k") and isinstance(m, nn.Linear):
-                    width = m.in_features
-                    break
-        found = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
-        if found:
-            return found
-    if comps.get("text_encoder_2") is not None:
-        return "sdxl"
-    te = comps.get("text_encoder")
-    if te is not None:
-        hidden = getattr(getattr(te, "config", None), "hidden_size", None)
-        if hidden == 1024:
-            return "sd2"
-    return None
-
-
-# --- module index ------------------------------------------------------------------------
-
-_AMBIGUOUS = object()
-
-
-class _Index:
-    """Dotted and flattened lookup of one component's modules (built once per patcher)."""
-
-    def __init__(self, root: nn.Module):
-        self.modules: dict[str, nn.Module] = dict(root.named_modules())
-        self.flat: dict[str, Any] = {}
-        for name in self.modules:
-            f = flatten(name)
-            self.flat[f] = _AMBIGUOUS if f in self.flat else name
-
-    def resolve(self, comp: str, path: str) -> str | None:
-        cands = text_encoder_candidates(path) if comp.startswith("text_encoder") else [path]
-        for c in cands:
-            if c in self.modules:
-                return c
-        for c in cands:
-            hit = self.flat.get(flatten(c))
-            if isinstance(hit, str):
-                return hit
-        return None
-
-
-# --- the lock ----------------------------------------------------------------------------
-
-_REGISTRY_LOCK = threading.Lock()
-_OWNERS: weakref.WeakKeyDictionary[nn.Module, LoRAPatcher] = weakref.WeakKeyDictionary()
-
-
-def _normalise_weight(w: Weight, label: str) -> dict[str, float]:
-    if isinstance(w, bool):
-        raise LoRAError(f"{label}: weight must be a number or a dict, not {w!r}")
-    if isinstance(w, int | float):
-        if not math.isfinite(w):
-            raise LoRAError(f"{label}: weight {w!r} is not finite")
-        return dict.fromkeys(COMPONENTS, float(w))
-    if isinstance(w, Mapping):
-        out = {}
-        for k, v in w.items():
-            if k not in COMPONENTS:
-                raise LoRAError(
-                    f"{label}: unknown component {k!r} in weight (use {', '.join(COMPONENTS)})"
-                )
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise LoRAError(f"{label}: weight for {k!r} must be a finite number, not {v!r}")
-            out[k] = float(v)
-        return out
-    raise LoRAError(f"{label}: weight must be a number or a dict, not {type(w).__name__}")
-
-
-def _is_out_of_memory(exc: RuntimeError) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text
-
-
-def free_bytes(dev: torch.device) -> int | None:
-    """Memory a new tensor on `dev` can take. On CUDA that includes what PyTorch's caching
-    allocator holds unused (e.g. the patched weights of the last stack, freed on restore): the
-    driver counts it as taken, so its figure alone would refuse stacks that fit. None: unknown."""
-    if dev.type == "cuda":
-        unused_cache = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-        return torch.cuda.mem_get_info(dev)[0] + unused_cache
-    if dev.type == "cpu":
-        return psutil.virtual_memory().available
-    return None
-
-
-def _layers_away(targets: list[_Target]) -> dict[torch.device, list[Layer]]:
-    """Per device, the layers whose tensors are elsewhere (a LoRA in host memory patching a
-    GPU model), each once."""
-    away: dict[torch.device, dict[int, Layer]] = {}
-    for t in targets:
-        dev = t.module.weight.device
-        for layer, _ in t.items:
-            first = next(iter(layer.all_tensors().values()), None)
-            if first is not None and first.device != dev:
-                away.setdefault(dev, {})[id(layer)] = layer
-    return {dev: list(layers.values()) for dev, layers in away.items()}
-
-
-def _stage(targets: list[_Target], away: dict[torch.device, list[Layer]]) -> None:
-    """Swap the layers in `away` for copies on their module's device, moved in one transfer
-    per device and dtype instead of two synchronous copies per layer as each is applied. The
-    copies live as long as `targets`; the LoRA objects are not changed."""
-    copies: dict[int, Layer] = {}
-    for dev, layers in away.items():
-        copies.update(layer_copies_on(layers, dev))
-    if copies:
-        for t in targets:
-            t.items = [(copies.get(id(layer), layer), m) for layer, m in t.items]
-
-
-def _check_memory(targets: list[_Target], away: dict[torch.device, list[Layer]]) -> None:
-    """Refuse, before allocating anything, a stack whose patched weights cannot fit.
-
-    Peak while applying: every patched weight's new tensor (kept while patched), the LoRA
-    layers copied over from another device, plus, for the largest module, an fp32 copy of the
-    original and an fp32 accumulator."""
-    need = {dev: sum(layer.nbytes() for layer in layers) for dev, layers in away.items()}
-    biggest: dict[torch.device, int] = {}
-    for t in targets:
-        w = t.module.weight
-        dev = w.device
-        need[dev] = need.get(dev, 0) + w.numel() * w.element_size()
-        biggest[dev] = max(biggest.get(dev, 0), w.numel() * 4 * 2)
-    for dev, n in need.items():
-        total = n + biggest[dev]
-        free = free_bytes(dev)
-        if free is not None and total > free:
-            raise LoRAError(
-                f"patching this stack needs about {total / 2**30:.1f} GiB of {dev.type} memory "
-                f"and only {free / 2**30:.1f} GiB is free; nothing is patched"
-            )
-
-
 @dataclass
-class _Target:
+class PatchTarget:
+    """One module to patch and every (layer, weight) of the stack that patches it."""
+
     comp: str
     path: str
     module: nn.Module
     items: list[tuple[Layer, float]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+
+
+#: a checked stack entry: the LoRA, its name in messages, its weight per component
+_Entry = tuple[LoRA, str, dict[str, float]]
+
+# A model (each component module) is held by at most one patcher while patched.
+_REGISTRY_LOCK = threading.Lock()
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, LoRAPatcher] = weakref.WeakKeyDictionary()
 
 
 class LoRAPatcher:
@@ -266,16 +108,16 @@ class LoRAPatcher:
         self._pool: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self.components = components_of(pipe)
         self.base = model_base(self.components)
-        self._index: dict[str, _Index] = {}
+        self._index: dict[str, ModuleIndex] = {}
         self._backups: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self._current: tuple[tuple[LoRA, Weight], ...] = ()
+        self._current: tuple[tuple[LoRA, Strength], ...] = ()
         self._key: tuple | None = None
         self._report: PatchReport | None = None
         self._lock = threading.RLock()
 
     # --- public ------------------------------------------------------------------------------
     @property
-    def current(self) -> tuple[tuple[LoRA, Weight], ...]:
+    def current(self) -> tuple[tuple[LoRA, Strength], ...]:
         return self._current
 
     @property
@@ -285,24 +127,25 @@ class LoRAPatcher:
     def set(self, stack: Stack, strict: bool = False) -> PatchReport:
         with self._lock:
             stack = tuple((lora, w) for lora, w in stack)
-            key = self._stack_key(stack)
+            entries = self._checked(stack)
+            key = tuple((id(lora), tuple(sorted(weights.items()))) for lora, _, weights in entries)
             if key == self._key and self._report is not None:
                 return self._report
             t0 = time.perf_counter()
             report = PatchReport()
-            targets = self._plan(stack, strict, report)
-            away = _layers_away(targets)
-            _check_memory(targets, away)
+            targets = self._plan(entries, strict, report)
+            away = layers_away(targets)
+            check_memory(targets, away)
             self._restore_locked(keep=True)
             try:
                 if targets:
                     self._claim()
                     try:
-                        _stage(targets, away)
+                        stage(targets, away)
                         self._apply(targets, report)
                     except BaseException as exc:
                         self._restore_locked(keep=False)
-                        if isinstance(exc, RuntimeError) and _is_out_of_memory(exc):
+                        if isinstance(exc, RuntimeError) and is_out_of_memory(exc):
                             raise LoRAError(
                                 f"not enough memory to patch this stack ({exc}); nothing is patched"
                             ) from None
@@ -325,29 +168,30 @@ class LoRAPatcher:
 
     # --- internals -----------------------------------------------------------------------------
     @staticmethod
-    def _stack_key(stack) -> tuple:
+    def _checked(stack: tuple[tuple[LoRA, Strength], ...]) -> list[_Entry]:
+        """Each entry's LoRA, label and weight per component; `LoRAError` for a bad one (the
+        stack comes from Python callers as given)."""
         out = []
-        for i, (lora, w) in enumerate(stack):
+        for i, (lora, weight) in enumerate(stack):
             if not isinstance(lora, LoRA):
                 raise LoRAError(
                     f"stack entry {i}: expected a LoRA from load_lora(), got {type(lora).__name__}"
                 )
-            nw = _normalise_weight(w, lora.name or f"LoRA #{i}")
-            out.append((id(lora), tuple(sorted(nw.items()))))
-        return tuple(out)
+            label = lora.name or f"LoRA #{i}"
+            out.append((lora, label, component_weights(weight, label)))
+        return out
 
-    def _idx(self, comp: str) -> _Index:
+    def _idx(self, comp: str) -> ModuleIndex:
         if comp not in self._index:
-            self._index[comp] = _Index(self.components[comp])
+            self._index[comp] = ModuleIndex(self.components[comp])
         return self._index[comp]
 
-    def _plan(self, stack, strict: bool, report: PatchReport) -> list[_Target]:
-        targets: dict[tuple[str, str], _Target] = {}
+    def _plan(self, entries: list[_Entry], strict: bool, report: PatchReport) -> list[PatchTarget]:
+        targets: dict[tuple[str, str], PatchTarget] = {}
         errors: list[str] = []
-        for i, (lora, w) in enumerate(stack):
-            label = lora.name or f"LoRA #{i}"
-            strengths = {c: s for c, s in _normalise_weight(w, label).items() if s != 0.0}
-            used = {c for c in lora.components if c in strengths}
+        for lora, label, per_component in entries:
+            weights = {c: w for c, w in per_component.items() if w != 0.0}
+            used = {c for c in lora.components if c in weights}
             if not used:
                 report.skipped.append(f"{label}: weight 0 / no component named")
                 continue
@@ -367,12 +211,12 @@ class LoRAPatcher:
                     report.unmatched.append(f"{label}: {target} (no such module)")
                     continue
                 module = self._idx(comp).modules[found]
-                weight = getattr(module, "weight", None)
-                if not isinstance(weight, torch.Tensor):
+                param = getattr(module, "weight", None)
+                if not isinstance(param, torch.Tensor):
                     report.unmatched.append(f"{label}: {target} (module has no weight)")
                     continue
-                problem = layer.check(tuple(weight.shape)) or self._check_bound(
-                    layer, strengths[comp], weight.dtype
+                problem = layer.check(tuple(param.shape)) or self._check_bound(
+                    layer, weights[comp], param.dtype
                 )
                 if problem:
                     errors.append(f"{label}: {target}: {problem}")
@@ -381,8 +225,8 @@ class LoRAPatcher:
                     report.warnings.append(
                         f"{label}: {target}: the module has no bias; the bias part is ignored"
                     )
-                t = targets.setdefault((comp, found), _Target(comp, found, module))
-                t.items.append((layer, strengths[comp]))
+                t = targets.setdefault((comp, found), PatchTarget(comp, found, module))
+                t.items.append((layer, weights[comp]))
                 t.labels.append(label)
         if errors:
             shown = "\n  ".join(errors[:20])
@@ -401,8 +245,8 @@ class LoRAPatcher:
         return list(targets.values())
 
     @staticmethod
-    def _check_bound(layer: Layer, strength: float, dtype: torch.dtype) -> str | None:
-        bound = layer.magnitude_bound(strength)
+    def _check_bound(layer: Layer, weight: float, dtype: torch.dtype) -> str | None:
+        bound = layer.magnitude_bound(weight)
         if bound is None or not dtype.is_floating_point:
             return None
         if not bound < torch.finfo(dtype).max / 4:
@@ -432,7 +276,7 @@ class LoRAPatcher:
                     del _OWNERS[m]
 
     @torch.no_grad()
-    def _apply(self, targets: list[_Target], report: PatchReport) -> None:
+    def _apply(self, targets: list[PatchTarget], report: PatchReport) -> None:
         for t in targets:
             wparam: torch.Tensor = t.module.weight
             bparam = getattr(t.module, "bias", None)
@@ -448,11 +292,11 @@ class LoRAPatcher:
             bacc: torch.Tensor | None = None
             if wbuf is not None and wbuf.dtype == torch.float32:
                 acc = wbuf.copy_(wf)  # accumulate straight into last patch's tensor
-            for layer, strength in t.items:
+            for layer, weight in t.items:
                 if layer.linear and not layer.touches_bias:
-                    acc = layer.add_weight(acc, wf, strength)
+                    acc = layer.add_weight(acc, wf, weight)
                 else:
-                    res = layer.residuals({"weight": wf, "bias": bf}, strength)
+                    res = layer.residuals({"weight": wf, "bias": bf}, weight)
                     dw, db = res.get("weight"), res.get("bias")
                     if dw is not None:
                         dw = dw.reshape(wf.shape)
@@ -471,10 +315,10 @@ class LoRAPatcher:
                 self._check_finite(t, bparam.data, "bias")
 
     @staticmethod
-    def _check_finite(t: _Target, value: torch.Tensor, what: str) -> None:
+    def _check_finite(t: PatchTarget, value: torch.Tensor, what: str) -> None:
         """Refuse a patch that overflows the module's dtype (e.g. a huge alpha on fp16). Plain
         LoRA layers are checked by a cheap bound; other kinds by looking at the result."""
-        bounds = [layer.magnitude_bound(s) for layer, s in t.items]
+        bounds = [layer.magnitude_bound(w) for layer, w in t.items]
         if what == "weight" and None not in bounds:
             return  # plain LoRA: bounded in the plan
         lo, hi = torch.aminmax(value.reshape(-1))
@@ -521,19 +365,3 @@ class LoRAPatcher:
         finally:
             self._current, self._key, self._report = (), None, None
             self._release()
-
-
-@contextmanager
-def apply_loras(pipe: Any, stack: Stack, strict: bool = False):
-    """Patch ``pipe`` with ``stack`` for the duration of the ``with`` block.
-
-    ``stack``: ``[(lora, weight), ...]`` where weight is a float (every component) or a dict
-    naming components (``unet``, ``text_encoder``, ``text_encoder_2``; unnamed ones are not
-    patched). Yields a `PatchReport`; restores bit-exactly on exit, also on exception.
-    """
-    patcher = LoRAPatcher(pipe)
-    report = patcher.set(stack, strict=strict)
-    try:
-        yield report
-    finally:
-        patcher.restore()
