@@ -10,11 +10,10 @@ from loraworks.generation.errors import (
     UnusableModel,
 )
 from loraworks.generation.events import StepEvent
-from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+from loraworks.generation.request import GenerateRequest, LoRASpec
 
 __all__ = [
     "CheckedRequest",
-    "ComponentWeights",
     "GenerateRequest",
     "GenerateResult",
     "GenerationCancelled",

@@ -28,7 +28,7 @@ from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
 from loraworks.generation.render import render, with_native_size
-from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 
@@ -105,10 +105,6 @@ def check_request(request: GenerateRequest, manager: ModelManager | None = None)
     return CheckedRequest(main, stack, parsed.text)
 
 
-def _engine_weight(weight: float | ComponentWeights) -> float | dict[str, float]:
-    return weight.as_dict() if isinstance(weight, ComponentWeights) else weight
-
-
 def check_bases(main: ModelRecord, loras: list[ModelRecord]) -> None:
     """The one base rule (part of `check_request`), read from the records: a
     LoRA fits when its `compatible_bases` — the engine's rule, recorded when it was probed —
@@ -164,13 +160,13 @@ def generate(
     main = checked.main
     resolved = resolve(request, checked.prompt, main, checked.stack, mm.config)
     cache = cache_for(mm)
-    loras = [(applied, cache.lora(applied.record)) for applied in resolved.loras]
+    stack = [(cache.lora(entry.record), entry.weight) for entry in resolved.loras]
     loaded = cache.model(main)
     resolved = replace(resolved, settings=with_native_size(loaded.pipe, resolved.settings))
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:
         try:
-            report = loaded.patcher.set([(lora, _engine_weight(a.weight)) for a, lora in loras])
+            report = loaded.patcher.set(stack)
             loaded.conds.sync(report)
             result = _run(mm, loaded, main, resolved, request.batch_size, steps)
         except BaseException as exc:

@@ -5,14 +5,14 @@ weights, and trigger words. All numbers come from the config file."""
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loraworks.generation.render import RenderSettings
-from loraworks.generation.request import MAX_SEED, ComponentWeights, GenerateRequest
+from loraworks.generation.request import MAX_SEED, GenerateRequest
+from loraworks.lora import Strength
 from loraworks.models import ModelRecord
 from loraworks.models.config import Config
 
-Weight = float | ComponentWeights
 # Beyond these an LCM-LoRA is being misused: slow, and the images over-cook.
 LCM_MAX_STEPS = 8
 LCM_MAX_CFG = 2.0
@@ -21,22 +21,17 @@ DEFAULT_STRENGTH = 0.75  # img2img: how much of the init image is re-noised
 
 @dataclass(frozen=True)
 class StackEntry:
-    """One LoRA to apply: its record, the weight asked for (None: default) and the final one."""
+    """One LoRA to apply: its record and its weight, as the request gave it (checked there) —
+    None until `resolve` fills in the preset's or the record's default."""
 
     record: ModelRecord
-    requested: Weight | None
-
-
-@dataclass(frozen=True)
-class AppliedLoRA:
-    record: ModelRecord
-    weight: Weight
+    weight: Strength | None
 
 
 @dataclass
 class Resolved:
     settings: RenderSettings  # seed is the first image's
-    loras: list[AppliedLoRA]
+    loras: list[StackEntry]  # every weight filled
     lcm: bool
     warnings: list[str]
 
@@ -47,9 +42,9 @@ def _lcm_mode(request: GenerateRequest, main: ModelRecord, stack: list[StackEntr
     return request.preset == "lcm" or main.is_lcm or any(e.record.is_lcm for e in stack)
 
 
-def _weight(entry: StackEntry, lcm: bool, config: Config) -> Weight:
-    if entry.requested is not None:
-        return entry.requested
+def _weight(entry: StackEntry, lcm: bool, config: Config) -> Strength:
+    if entry.weight is not None:
+        return entry.weight
     if lcm:
         preset = config.lcm
         return preset.lcm_lora_weight if entry.record.is_lcm else preset.other_lora_weight
@@ -121,7 +116,7 @@ def resolve(
         init_image=request.init_image,
         strength=request.strength or (DEFAULT_STRENGTH if request.init_image else 1.0),
     )
-    loras = [AppliedLoRA(e.record, _weight(e, lcm, config)) for e in stack]
+    loras = [replace(e, weight=_weight(e, lcm, config)) for e in stack]
     warnings = _lcm_warnings(main, stack, settings, request.preset == "lcm")
     warnings += _unguided_negative_warning(settings)
     return Resolved(settings, loras, lcm, warnings)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from loraworks.generation.errors import PromptSyntaxError
-from loraworks.generation.request import ComponentWeights, LoRASpec
+from loraworks.generation.request import LoRASpec
 
 _OPEN = re.compile(r"<(lora|lyco):")
 _SPACES = re.compile(r"\s+")
@@ -29,45 +29,45 @@ class ParsedPrompt:
     loras: list[LoRASpec]
 
 
-def _number(token: str, tag: str) -> float:
+def _number(token: str, shown: str) -> float:
     try:
         value = float(token)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise PromptSyntaxError(f"{tag}: weight {token!r} is not a number")
+        raise PromptSyntaxError(f"{shown}: weight {token!r} is not a number")
     return value
 
 
-def _spec(body: str, opener: str = "<lora:") -> LoRASpec:
-    tag = f"{opener}{body}>"
+def _spec(body: str, shown: str, form: str) -> LoRASpec:
+    """The LoRA named by `body` (`name[:weight…]`). Errors quote `shown`, what the user typed,
+    and write the syntax as `form` does (`<lora:{}>` in a prompt, `--lora {}` on the CLI)."""
     name, *parts = (part.strip() for part in body.split(":"))
     if not name:
-        raise PromptSyntaxError(f"{tag}: missing LoRA name (write <lora:name:0.8>)")
+        raise PromptSyntaxError(f"{shown}: missing LoRA name (write {form.format('name:0.8')})")
     named: dict[str, float] = {}
     positional: list[float] = []
     for part in parts:
         key, eq, value = part.partition("=")
         if not eq:
-            positional.append(_number(part, tag))
+            positional.append(_number(part, shown))
             continue
         key = key.strip()
         if key == "dyn":
-            raise PromptSyntaxError(f"{tag}: dyn= (a dynamic-rank cut-off) is not supported")
+            raise PromptSyntaxError(f"{shown}: dyn= (a dynamic-rank cut-off) is not supported")
         if key not in ("te", "unet") or key in named:
-            raise PromptSyntaxError(f"{tag}: unknown or repeated {key}= (use te= and unet=)")
-        named[key] = _number(value.strip(), tag)
+            raise PromptSyntaxError(f"{shown}: unknown or repeated {key}= (use te= and unet=)")
+        named[key] = _number(value.strip(), shown)
     if len(positional) > 2:
-        raise PromptSyntaxError(f"{tag}: at most two weights (<lora:name:te_weight:unet_weight>)")
+        example = form.format("name:te_weight:unet_weight")
+        raise PromptSyntaxError(f"{shown}: at most two weights ({example})")
     if not positional and not named:
         return LoRASpec(name=name)
     te = named.get("te", positional[0] if positional else 1.0)
     unet = named.get("unet", positional[1] if len(positional) > 1 else te)
     if te == unet:
         return LoRASpec(name=name, weight=te)
-    return LoRASpec(
-        name=name, weight=ComponentWeights(unet=unet, text_encoder=te, text_encoder_2=te)
-    )
+    return LoRASpec(name=name, weight={"unet": unet, "text_encoder": te, "text_encoder_2": te})
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -83,7 +83,8 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
             snippet = prompt[start : start + 40]
             raise PromptSyntaxError(f"unclosed tag {snippet!r}: add '>' after the weight")
         pieces.append(prompt[pos:start])
-        loras.append(_spec(prompt[match.end() : end], match.group(0)))
+        body = prompt[match.end() : end]
+        loras.append(_spec(body, f"{match.group(0)}{body}>", "<lora:{}>"))
         pos = end + 1
     pieces.append(prompt[pos:])
     text = _SPACES.sub(" ", " ".join(pieces))
@@ -93,5 +94,6 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
 
 
 def parse_lora_option(text: str) -> LoRASpec:
-    """A `--lora` command-line value: the inside of a tag, `name[:weight[:unet_weight]]`."""
-    return _spec(text.strip())
+    """A `--lora` command-line value: the inside of a tag, `name[:weight[:unet_weight]]`;
+    errors quote it as typed."""
+    return _spec(text.strip(), f"--lora {text}", "--lora {}")

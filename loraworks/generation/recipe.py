@@ -12,9 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 import loraworks
 from loraworks.generation.errors import GenerationError
-from loraworks.generation.presets import AppliedLoRA
+from loraworks.generation.presets import StackEntry
 from loraworks.generation.render import RenderSettings
-from loraworks.generation.request import ComponentWeights, GenerateRequest, LoRASpec
+from loraworks.generation.request import GenerateRequest, LoRASpec, LoRAWeight
 from loraworks.models import ModelRecord
 
 CHUNK = "loraworks_recipe"
@@ -28,7 +28,7 @@ class RecipeModel(BaseModel):
 
 
 class RecipeLoRA(RecipeModel):
-    weight: float | ComponentWeights
+    weight: LoRAWeight
 
 
 class Recipe(BaseModel):
@@ -64,19 +64,19 @@ class Recipe(BaseModel):
         )
 
 
-def build_recipe(main: ModelRecord, loras: list[AppliedLoRA], settings: RenderSettings) -> Recipe:
+def build_recipe(main: ModelRecord, loras: list[StackEntry], settings: RenderSettings) -> Recipe:
     return Recipe(
         loraworks_version=loraworks.__version__,
         model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
         loras=[
             RecipeLoRA(
-                name=a.record.name,
-                key=a.record.key,
-                hash=a.record.hash,
-                base=a.record.base,
-                weight=a.weight,
+                name=entry.record.name,
+                key=entry.record.key,
+                hash=entry.record.hash,
+                base=entry.record.base,
+                weight=entry.weight,
             )
-            for a in loras
+            for entry in loras
         ],
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,

@@ -7,11 +7,20 @@ distinguishable from "set to the default" until `presets.resolve_settings` runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from loraworks.generation.schedulers import SchedulerName
+from loraworks.lora import Strength, normalise_strength
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 4096
@@ -23,22 +32,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ComponentWeights(_Strict):
-    """Per-component LoRA strength; a component left out is not patched (weight 0)."""
+def _checked_weight(value: object, info: ValidationInfo) -> object:
+    """The engine's own check at the boundary: a bad weight is refused before the request is
+    accepted (a 4xx, one CLI line), and its one form travels unchanged to the patcher."""
+    if value is None:
+        return None
+    return normalise_strength(value, info.data.get("name") or "LoRA")
 
-    unet: float = 0.0
-    text_encoder: float = 0.0
-    text_encoder_2: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return self.model_dump()
+#: a LoRA's weight in a request or a recipe: a number, or {"unet": …, "text_encoder": …,
+#: "text_encoder_2": …} (a component left out is not patched); the model's `name` labels errors
+LoRAWeight = Annotated[Strength, BeforeValidator(_checked_weight)]
 
 
 class LoRASpec(_Strict):
     """One LoRA of the stack: a record name or key and its weight (None: preset/default)."""
 
     name: str = Field(min_length=1)
-    weight: float | ComponentWeights | None = None
+    weight: LoRAWeight | None = None
 
 
 class GenerateRequest(_Strict):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
+from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from loraworks.cli import app
@@ -39,7 +42,9 @@ def test_generate_prints_the_paths_and_recall_reruns_it(mm):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--lora", "sd1-a:loud"), "weight 'loud' is not a number"),
+        (("--lora", "sd1-a:loud"), "error: --lora sd1-a:loud: weight 'loud' is not a number"),
+        (("--lora", "sd1-a:nan"), "error: --lora sd1-a:nan: weight 'nan' is not a number"),
+        (("--lora", "sd1-a:te=1:clip=1"), "--lora sd1-a:te=1:clip=1: unknown or repeated clip="),
         (("--lora", "nope"), "no lora named 'nope'"),
         (("--size", "big"), "--size 'big'"),
         (("--size", "100x64"), "width: must be a multiple of 8 (got 100; try 96)"),
@@ -62,3 +67,19 @@ def test_recall_of_a_png_without_recipe_fails_cleanly(mm, tmp_path):
     result = _run("recall", str(path), "--root", str(mm.root))
     assert result.exit_code == 1
     assert "no loraworks recipe" in result.stderr
+
+
+def test_recall_refuses_a_recipe_with_a_weight_the_engine_would_refuse(mm, tmp_path):
+    """A hand-edited recipe is checked like a request: the weight is named, nothing runs."""
+    result = _generate(mm, "--lora", "sd1-a:0.8")
+    png = Path(result.stdout.split("  (seed")[0])
+    recipe = read_recipe(png).model_dump(mode="json")
+    recipe["loras"][0]["weight"] = math.nan
+    info = PngImagePlugin.PngInfo()
+    info.add_text("loraworks_recipe", json.dumps(recipe))
+    edited = tmp_path / "edited.png"
+    Image.open(png).save(edited, pnginfo=info)
+    again = _run("recall", str(edited), "--root", str(mm.root))
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert "damaged loraworks recipe" in again.stderr
+    assert "sd1-a: weight nan is not finite" in again.stderr

@@ -3,12 +3,13 @@ cache (no reloads, no re-patching), presets, prompt tags, cancel, progress, reci
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from loraworks.generation import (
     GenerateRequest,
@@ -23,7 +24,7 @@ from loraworks.generation.api import check_request
 from loraworks.generation.cache import cache_for
 from loraworks.generation.errors import LoRANotFound, UnusableModel
 from loraworks.generation.recipe import read_recipe
-from loraworks.lora import LoRABaseMismatch
+from loraworks.lora import LoRABaseMismatch, apply_loras
 from tests.fixtures.models import BASES
 from tests.generation.conftest import SIZE, pipeline_weights, tiny_request
 from tests.server.loras import write_kohya_lora
@@ -97,11 +98,51 @@ def test_recall_reproduces_the_pixels(mm):
     assert np.array_equal(_pixels(first), _pixels(again))
     recipe = read_recipe(again.images[0])
     assert recipe.prompt == "a cat"
-    assert recipe.loras[0].weight.model_dump() == {
+    assert recipe.loras[0].weight == {
         "unet": 1.2,
         "text_encoder": 0.6,
         "text_encoder_2": 0.6,
     }
+
+
+def test_a_recipe_written_by_an_earlier_version_still_recalls(mm, tmp_path):
+    """Earlier versions wrote a per-component weight with all three components (pydantic's
+    `ComponentWeights`); such a PNG must re-create its image."""
+    first = generate(tiny_request("sdxl", prompt="a cat <lora:sdxl-a:0.6:1.2>"), manager=mm)
+    weight = {"unet": 1.2, "text_encoder": 0.6, "text_encoder_2": 0.6}
+    old = {**first.recipe, "loraworks_version": "0.1.0"}
+    old["loras"] = [{**old["loras"][0], "weight": weight}]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("loraworks_recipe", json.dumps(old))
+    png = tmp_path / "old.png"
+    Image.open(first.images[0]).save(png, pnginfo=info)
+    again = recall(png, manager=mm)
+    assert np.array_equal(_pixels(first), _pixels(again))
+    assert again.recipe["loras"][0]["weight"] == weight
+
+
+def test_a_component_weight_reaches_the_patcher_as_the_request_gave_it(mm, pristine, monkeypatch):
+    """A weight naming some components is the engine's weight: the patcher gets the request's
+    checked dict (a component left out: 0, not patched) and patches exactly what the engine
+    called with it patches."""
+    asked = {"unet": 0.7, "text_encoder": 0.3}
+    loaded = _loaded(mm, "sdxl")
+    stacks = []
+    set_stack = loaded.patcher.set
+    monkeypatch.setattr(loaded.patcher, "set", lambda s: stacks.append(s) or set_stack(s))
+    generate(tiny_request("sdxl", loras=[{"name": "sdxl-a", "weight": asked}]), manager=mm)
+    assert [weight for _, weight in stacks[0]] == [{**asked, "text_encoder_2": 0.0}]
+    patched = pipeline_weights(loaded.pipe)
+    loaded.patcher.restore()
+    lora = stacks[0][0][0]
+    with apply_loras(loaded.pipe, [(lora, asked)]):
+        assert _same_weights(patched, pipeline_weights(loaded.pipe))
+
+    def changed(prefix: str) -> bool:
+        pairs = [(v, pristine["sdxl"][k]) for k, v in patched.items() if k.startswith(prefix)]
+        return any(not torch.equal(*pair) for pair in pairs)
+
+    assert changed("unet.") and changed("text_encoder.") and not changed("text_encoder_2.")
 
 
 def test_switching_lora_sets_never_reloads_and_same_set_is_not_repatched(mm):

@@ -3,6 +3,8 @@ trigger words, request validation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -90,3 +92,40 @@ def test_trigger_words_are_appended_once_and_only_when_absent():
 def test_request_validation_messages(fields, message):
     with pytest.raises(ValidationError, match=message):
         GenerateRequest(**{"model": "m", "prompt": "p", **fields})
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        (math.nan, "ink: weight nan is not finite"),
+        (math.inf, "ink: weight inf is not finite"),
+        (True, "ink: weight must be a number or a dict, not True"),
+        (
+            {"unet": 1, "clip": 1},
+            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2)",
+        ),
+        (
+            {"text_encoder": math.nan},
+            "ink: weight for 'text_encoder' must be a finite number, not nan",
+        ),
+    ],
+)
+def test_a_bad_lora_weight_is_refused_by_the_request_with_the_engines_message(weight, message):
+    """The request checks a weight with the engine's own rule, so it is refused before the
+    request is accepted (a 422, one CLI line), not when the patcher meets it."""
+    with pytest.raises(ValidationError) as err:
+        GenerateRequest(model="m", prompt="p", loras=[{"name": "ink", "weight": weight}])
+    [error] = err.value.errors()
+    assert error["loc"] == ("loras", 0, "weight") and error["msg"] == f"Value error, {message}"
+
+
+def test_a_request_weight_travels_in_its_one_form():
+    request = GenerateRequest(
+        model="m",
+        prompt="p",
+        loras=[{"name": "a", "weight": {"unet": 1}}, {"name": "b", "weight": -2}, {"name": "c"}],
+    )
+    weights = [spec.weight for spec in request.loras]
+    assert weights == [{"unet": 1.0, "text_encoder": 0.0, "text_encoder_2": 0.0}, -2.0, None]
+    r = _resolve([StackEntry(PLAIN, weights[0]), StackEntry(STYLE, weights[1])])
+    assert r.loras[0].weight is weights[0] and r.loras[1].weight is weights[1]

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from loraworks.generation import ComponentWeights, LoRASpec, PromptSyntaxError
-from loraworks.generation.prompt import parse_prompt
+from loraworks.generation import LoRASpec, PromptSyntaxError
+from loraworks.generation.prompt import parse_lora_option, parse_prompt
 
 
 def test_tags_are_parsed_in_order_and_removed_from_the_text():
@@ -16,15 +16,12 @@ def test_tags_are_parsed_in_order_and_removed_from_the_text():
     assert parsed.loras == [
         LoRASpec(name="ink", weight=0.8),
         LoRASpec(name="lcm", weight=None),
-        LoRASpec(
-            name="pop",
-            weight=ComponentWeights(unet=1.25, text_encoder=0.5, text_encoder_2=0.5),
-        ),
+        LoRASpec(name="pop", weight={"unet": 1.25, "text_encoder": 0.5, "text_encoder_2": 0.5}),
     ]
 
 
-def both(te: float, unet: float) -> ComponentWeights:
-    return ComponentWeights(unet=unet, text_encoder=te, text_encoder_2=te)
+def both(te: float, unet: float) -> dict[str, float]:
+    return {"unet": unet, "text_encoder": te, "text_encoder_2": te}
 
 
 @pytest.mark.parametrize(
@@ -81,3 +78,23 @@ def test_weights_may_be_negative_or_integers():
 def test_bad_tags_raise_clear_errors(prompt, message):
     with pytest.raises(PromptSyntaxError, match=re.escape(message)):
         parse_prompt(prompt)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("sd1-a:x", "--lora sd1-a:x: weight 'x' is not a number"),
+        ("sd1-a:inf", "--lora sd1-a:inf: weight 'inf' is not a number"),
+        (":0.8", "--lora :0.8: missing LoRA name (write --lora name:0.8)"),
+        ("ink:1:1:1", "--lora ink:1:1:1: at most two weights (--lora name:te_weight:unet_weight)"),
+        ("ink:clip=1", "--lora ink:clip=1: unknown or repeated clip= (use te= and unet=)"),
+    ],
+)
+def test_a_bad_lora_option_is_quoted_as_typed(option, message):
+    """The user typed `--lora …`, not a `<lora:…>` tag: the error shows what they typed."""
+    with pytest.raises(PromptSyntaxError, match=f"^{re.escape(message)}$"):
+        parse_lora_option(option)
+
+
+def test_a_lora_option_reads_as_a_tag():
+    assert parse_lora_option(" ink:0.5:1 ") == parse_prompt("<lora:ink:0.5:1>").loras[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -114,6 +115,40 @@ def _refused(client, body=None, content=None, headers=None):
     response = client.post("/api/queue", json=body, content=content, headers=headers)
     assert 400 <= response.status_code < 500, response.text
     return response.status_code, response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        ("NaN", "ink: weight nan is not finite"),
+        ("-Infinity", "ink: weight -inf is not finite"),
+        ("true", "ink: weight must be a number or a dict, not True"),
+        (
+            '{"unet": 1, "clip": 1}',
+            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2)",
+        ),
+        ('{"unet": NaN}', "ink: weight for 'unet' must be a finite number, not nan"),
+    ],
+)
+def test_a_weight_the_engine_would_refuse_is_a_422(client, fake_generate, weight, message):
+    """Python's JSON reader takes NaN and Infinity: the request checks the weight with the
+    engine's rule, so the item is refused before it is queued, not failed when it runs."""
+    lora = f'{{"name": "ink", "weight": {weight}}}'
+    body = f'{{"model": "tiny-sd1", "prompt": "a", "loras": [{lora}]}}'
+    status, error = _refused(client, content=body, headers={"content-type": "application/json"})
+    assert (status, error) == (422, f"Invalid request: loras.0.weight: {message}.")
+    assert client.get("/api/queue").json() == [] and fake_generate.calls == []
+
+
+def test_a_component_weight_is_queued_in_its_one_form(client, fake_generate):
+    item = _enqueue(client, loras=[{"name": "ink", "weight": {"unet": 0.5}}])
+    assert item["request"]["loras"][0]["weight"] == {
+        "unet": 0.5,
+        "text_encoder": 0.0,
+        "text_encoder_2": 0.0,
+    }
+    read_events(client, item["id"])
+    assert fake_generate.calls[0].loras[0].weight == item["request"]["loras"][0]["weight"]
 
 
 def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(client, fake_generate):
