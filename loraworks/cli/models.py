@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich import box
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -90,9 +92,10 @@ def _dump(obj: Any) -> None:
 
 
 def _status(record) -> str:
+    """The status with its reason on one line: a list row stays one row whatever the error."""
     if record.status == "ok":
         return "ok"
-    return f"{record.status}: {record.error}" if record.error else record.status
+    return f"{record.status}: {' '.join(record.error.split())}" if record.error else record.status
 
 
 def _format(record: ModelRecord) -> str:
@@ -105,6 +108,51 @@ def _base(record: ModelRecord) -> str:
     """The probed base, plus the others it fits: `--base sd1` lists a CLIP-L-only SDXL LoRA."""
     others = [b for b in record.compatible_bases if b != record.base]
     return (record.base or "?") + (f" (+{', '.join(others)})" if others else "")
+
+
+LIST_COLUMNS = ("name", "type", "base", "format", "LCM", "weight", "trigger words", "status", "key")
+
+MIN_STATUS_WIDTH = 12
+"""The status column's width when the other columns leave less (they wrap instead): an error
+row still reads `error: …` on a terminal of 80 columns."""
+
+
+def _list_row(r: ModelRecord) -> dict[str, Text]:
+    cells = (
+        r.name,
+        r.type,
+        _base(r),
+        _format(r),
+        "yes" if r.is_lcm else "",
+        "" if r.default_weight is None else f"{r.default_weight:g}",
+        ", ".join(r.trigger_words),
+        _status(r),
+        r.key[:8],
+    )
+    return dict(zip(LIST_COLUMNS, map(Text, cells), strict=True))
+
+
+def _list_table(rows: list[dict[str, Text]], status_width: int | None = None) -> Table:
+    """Borderless, as a boxed table's rules and padding took 28 of 80 columns from nine
+    columns of content. The status is one line cut to `status_width` with an ellipsis (`models
+    show` prints the whole error); a key is never split."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for column in LIST_COLUMNS:
+        if column == "status":
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=status_width)
+        else:
+            table.add_column(column, overflow="fold", no_wrap=column == "key")
+    for row in rows:
+        table.add_row(*(row[column] for column in LIST_COLUMNS))
+    return table
+
+
+def _status_width(rows: list[dict[str, Text]]) -> int:
+    """What the other columns leave of the terminal at their natural widths (measured on the
+    table without the status texts), or MIN_STATUS_WIDTH when that is less."""
+    rest = _list_table([{**row, "status": Text()} for row in rows])
+    others = Measurement.get(out, out.options, rest).maximum - len("status")
+    return max(MIN_STATUS_WIDTH, out.width - others)
 
 
 @models_app.command("list")
@@ -120,33 +168,8 @@ def list_models(
         if as_json:
             _dump([r.model_dump(mode="json") for r in records])
             return
-        table = Table(show_lines=False)
-        for column in (
-            "name",
-            "type",
-            "base",
-            "format",
-            "LCM",
-            "weight",
-            "trigger words",
-            "status",
-            "key",
-        ):
-            table.add_column(column, overflow="fold")
-        for r in records:
-            cells = (
-                r.name,
-                r.type,
-                _base(r),
-                _format(r),
-                "yes" if r.is_lcm else "",
-                "" if r.default_weight is None else f"{r.default_weight:g}",
-                ", ".join(r.trigger_words),
-                _status(r),
-                r.key[:8],
-            )
-            table.add_row(*map(Text, cells))
-        out.print(table)
+        rows = [_list_row(r) for r in records]
+        out.print(_list_table(rows, _status_width(rows)))
         say(f"{len(records)} model(s) in {mm.root}")
 
 

@@ -61,6 +61,6 @@ def test_installed_command_lists_the_drop_folder(root):
     )
     assert result.returncode == 0, result.stderr
     assert "added lora 'star' (sd1)" in result.stderr
-    lines = {line.split()[1]: line for line in result.stdout.splitlines() if "│" in line}
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "kohya" in lines["star"] and "sd1" in lines["star"]
     assert "yes" in lines["lcm"]
