@@ -70,9 +70,7 @@ class Probe:
 
 
 def is_lora_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / n).is_file() for n in LORA_WEIGHT_NAMES
-    )
+    return path.is_dir() and any((path / n).is_file() for n in LORA_WEIGHT_NAMES)
 
 
 def is_main_folder(path: Path) -> bool:
@@ -84,9 +82,7 @@ def is_weight_file(path: Path) -> bool:
 
 
 def lora_weights_file(folder: Path) -> Path:
-    return next(
-        folder / n for n in LORA_WEIGHT_NAMES if (folder / n).is_file()
-    )
+    return next(folder / n for n in LORA_WEIGHT_NAMES if (folder / n).is_file())
 
 
 def content_hash(path: Path) -> str:
