@@ -161,6 +161,7 @@ def generate(
     resolved = resolve(request, checked.prompt, main, checked.stack, mm.config)
     cache = cache_for(mm)
     stack = [(cache.lora(entry.record), entry.weight) for entry in resolved.loras]
+    noticed = [f"LoRA '{lora.name}': {note}" for lora, _ in stack for note in lora.warnings]
     loaded = cache.model(main)
     resolved = replace(resolved, settings=with_native_size(loaded.pipe, resolved.settings))
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
@@ -174,7 +175,7 @@ def generate(
             if isinstance(exc, torch.OutOfMemoryError):
                 raise _out_of_memory(loaded, resolved) from None
             raise
-    result.warnings[:0] = _patch_warnings(report)
+    result.warnings[:0] = [*noticed, *_patch_warnings(report)]  # the file's, then the patch's
     return result
 
 

@@ -186,8 +186,7 @@ def probe_base(
     if cands != ALL:
         base = next(b for b in PREFERENCE if b in cands)
         warnings.append(
-            f"the tensors fit {'/'.join(sorted(cands))}; taken as {base} "
-            "(load_lora(..., base=...) overrides)"
+            f"the tensors fit {'/'.join(sorted(cands))} (it applies to either); recorded as {base}"
         )
         return base, cands, [*evidence, f"ambiguous: taken as {base}"], warnings
     raise LoRAFormatError(

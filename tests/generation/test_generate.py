@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +311,23 @@ def test_an_unset_size_is_the_models_native_size(mm, pipes, base):
     assert (result.recipe["width"], result.recipe["height"]) == (native, native)
     wide = generate(tiny_request(base, width=SIZE * 2, height=None), manager=mm)
     assert Image.open(wide.images[0]).size == (SIZE * 2, native)
+
+
+def test_what_the_engine_noticed_in_a_lora_file_is_a_generation_warning(mm, tmp_path):
+    """A kohya .pt saved with a trainer's epoch count: the engine leaves the entry out and says
+    so; the note reaches the record and every generation with that LoRA, naming it."""
+    from safetensors.torch import load_file
+
+    path = tmp_path / "with-epoch.pt"
+    tensors = load_file(str(Path(mm.get("sd1-a", type="lora").path)))
+    torch.save({**tensors, "epoch": 7}, path)
+    record = mm.install(path, name="sd1-epoch", type="lora")
+    try:
+        (note,) = record.warnings
+        assert "epoch" in note
+        result = generate(tiny_request("sd1", loras=[{"name": "sd1-epoch"}]), manager=mm)
+        assert result.warnings == [f"LoRA 'sd1-epoch': {note}"]
+        plain = generate(tiny_request("sd1", loras=[{"name": "sd1-a"}]), manager=mm)
+        assert plain.warnings == []
+    finally:
+        mm.remove(record.key, delete_files=True)

@@ -12,7 +12,7 @@ constraint c, 0 = none), optional ``rescale`` [out, 1(, 1, 1)] (LyCORIS ``rescal
 The rescale term is not scaled by the user weight m, as LyCORIS applies it; at m = 0 the
 patcher skips the layer like every kind, so there a rescaled OFT is off (LyCORIS would still
 apply s). ΔW multiplies W, so OFT is a non-linear kind: its residual is computed from the
-original weight (the stacking order is that of DoRA and IA³, see ``patch.py``).
+original weight (the stacking order is that of DoRA and IA³, see ``patcher.py``).
 
 BOFT — butterfly OFT (LyCORIS ``boft``): ``oft_blocks`` [s, n, b, b], s stages. R_i is the
 Cayley rotation of stage i's blocks (the constraint over all stages at once). Stage i pairs
