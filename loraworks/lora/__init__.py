@@ -10,12 +10,14 @@ See docs/formats.md for the formats and the maths of every layer kind.
 """
 
 from .apply import apply_loras
+from .backups import STRATEGIES, OriginalWeights, StrategyName
 from .components import model_base
 from .errors import (
     LoRABaseMismatch,
     LoRABusy,
     LoRAError,
     LoRAFormatError,
+    LoRARestoreError,
     LoRAShapeError,
     LoRAUnmatchedKeys,
     WeightFileError,
@@ -29,6 +31,7 @@ from .staging import free_bytes, same_device
 from .strength import Strength, normalise_strength
 
 __all__ = [
+    "STRATEGIES",
     "Header",
     "LoRA",
     "LoRABaseMismatch",
@@ -36,9 +39,12 @@ __all__ = [
     "LoRAError",
     "LoRAFormatError",
     "LoRAPatcher",
+    "LoRARestoreError",
     "LoRAShapeError",
     "LoRAUnmatchedKeys",
+    "OriginalWeights",
     "PatchReport",
+    "StrategyName",
     "Strength",
     "WeightFile",
     "WeightFileError",

@@ -48,3 +48,8 @@ class LoRAUnmatchedKeys(LoRAError):
 
 class LoRABusy(LoRAError):
     """The model is already patched by another `apply_loras` / `LoRAPatcher`."""
+
+
+class LoRARestoreError(LoRAError):
+    """Patched weights could not be put back exactly (their originals were to be re-read from a
+    model file that changed): the model must be loaded again. Never raised by ``swap``."""

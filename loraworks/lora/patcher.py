@@ -12,11 +12,15 @@ How one module is patched (``W`` = its original weight tensor, never modified)::
   result does not depend on the order of the stack — also for the kinds that read W (DoRA, IA³).
   This is how LyCORIS (each module's ``forward`` reads the untouched ``org_module.weight``) and
   PEFT (DoRA's norm is of the base weight plus its own adapter) stack adapters.
-* **Restore by swapping.** The original tensor is kept as the backup (no copy) and put back with
-  ``param.data = original``: bit-exact and free. Only weights actually patched are kept.
+* **Restore by swapping** (strategy ``swap``). The original tensor is kept as the backup (no
+  copy) and put back with ``param.data = original``: bit-exact and free. Only weights actually
+  patched are kept. When that does not fit, the ``inplace`` strategies write into the
+  parameter's own storage and keep the original in host memory or re-read it from the model
+  file, also bit-exactly (`backups.py`).
   Consequence for CUDA graphs / ``torch.compile(mode="reduce-overhead")``: a captured graph
   holds storage addresses, and both patching and restoring change ``param.data``'s storage —
-  re-capture after `apply_loras` / `LoRAPatcher.set` (or patch before capturing). Code that
+  re-capture after `apply_loras` / `LoRAPatcher.set` (or patch before capturing), or patch
+  with ``strategy="inplace"``, which keeps every storage address. Code that
   holds ``param`` (optimisers, hooks) sees the new values; code that cached ``param.data``
   keeps the old tensor.
 * **Before touching anything** a stack is fully planned: base check (`LoRABaseMismatch`),
@@ -43,11 +47,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backups import Backups, OriginalWeights, StrategyName, plan_strategy
 from .components import ModuleIndex, components_of, model_base
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .layers import Layer
 from .model import LoRA
-from .staging import check_memory, is_out_of_memory, layers_away, stage
+from .staging import is_out_of_memory, layers_away, stage
 from .strength import Strength, component_weights
 
 Stack = Sequence[tuple[LoRA, Strength]]
@@ -63,6 +68,9 @@ class PatchReport:
     skipped: list[str] = field(default_factory=list)  # components with weight 0 / not named
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: where the originals wait (`backups.py`): "swap", "host" (in place, host copies) or
+    #: "file" (in place, re-read from the model file)
+    strategy: str = "swap"
 
     def __bool__(self) -> bool:  # a report is always truthy (even with nothing applied)
         return True
@@ -103,13 +111,21 @@ class LoRAPatcher:
     While patched, nothing beyond the patched weights is held either way.
     """
 
-    def __init__(self, pipe: Any, keep_buffers: bool = False):
+    def __init__(
+        self,
+        pipe: Any,
+        keep_buffers: bool = False,
+        strategy: StrategyName = "auto",
+        originals: OriginalWeights | None = None,
+    ):
         self.keep_buffers = keep_buffers
+        self.strategy = strategy
+        self.originals = originals
         self._pool: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self.components = components_of(pipe)
         self.base = model_base(self.components)
         self._index: dict[str, ModuleIndex] = {}
-        self._backups: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._backups = Backups()
         self._current: tuple[tuple[LoRA, Strength], ...] = ()
         self._key: tuple | None = None
         self._report: PatchReport | None = None
@@ -135,8 +151,10 @@ class LoRAPatcher:
             report = PatchReport()
             targets = self._plan(entries, strict, report)
             away = layers_away(targets)
-            check_memory(targets, away)
+            plan = plan_strategy(targets, away, self.strategy, self.originals)
             self._restore_locked(keep=True)
+            self._backups = Backups(plan, self.originals)
+            report.strategy = plan
             try:
                 if targets:
                     self._claim()
@@ -306,11 +324,11 @@ class LoRAPatcher:
                         bacc = bf + db if bacc is None else bacc.add_(db)
                 report.applied += 1
             if acc is not None:
-                self._swap(wparam, acc, wbuf)
+                self._backups.write(wparam, acc, wbuf, f"{t.comp}/{t.path}.weight")
                 report.patched_params += 1
                 self._check_finite(t, wparam.data, "weight")
             if bacc is not None:
-                self._swap(bparam, bacc, bbuf)
+                self._backups.write(bparam, bacc, bbuf, f"{t.comp}/{t.path}.bias")
                 report.patched_params += 1
                 self._check_finite(t, bparam.data, "bias")
 
@@ -340,28 +358,10 @@ class LoRAPatcher:
         fits = fits and buf.device == orig.device and buf.dtype == orig.dtype
         return buf if fits else None
 
-    def _swap(self, param: torch.Tensor, value: torch.Tensor, buf: torch.Tensor | None) -> None:
-        orig = param.data
-        if buf is not None:
-            new = buf if value is buf else buf.copy_(value)  # rounds once into the dtype
-        else:
-            new = value if value.dtype == orig.dtype else value.to(orig.dtype)
-            if new.stride() != orig.stride():
-                new = torch.empty_like(orig).copy_(new)
-        if new.data_ptr() == orig.data_ptr():  # never alias the backup
-            new = new.clone()
-        param.data = new
-        self._backups.append((param, orig))
-
     def _restore_locked(self, keep: bool = False) -> None:
-        backups, self._backups = self._backups, []
+        backups, self._backups = self._backups, Backups()
         try:
-            for param, orig in reversed(backups):
-                if keep:
-                    self._pool[id(param)] = (param, param.data)
-                if param.device != orig.device or param.dtype != orig.dtype:
-                    orig = orig.to(device=param.device, dtype=param.dtype)
-                param.data = orig
+            backups.restore(self._pool if keep else None)
         finally:
             self._current, self._key, self._report = (), None, None
             self._release()

@@ -1,9 +1,10 @@
-"""Memory and devices: whether a stack's patch fits, and moving LoRA tensors between devices.
+"""Memory and devices: free memory, and moving LoRA tensors between devices.
 
-Peak memory while a stack is applied, per device: every patched weight's new tensor (kept while
-patched) + the LoRA layers copied over from another device + for the largest module an fp32
-copy of the original and an fp32 accumulator. A stack over the free memory is refused before
-anything is allocated.
+Peak memory while a stack is applied, per device: the LoRA layers copied over from another
+device + for the largest module an fp32 copy of the original and an fp32 accumulator + what
+the patching strategy keeps (`backups.py`: every patched weight's size for ``swap``, on the
+host for in-place host copies, nothing for the file). `backups.plan_strategy` refuses a stack
+over the free memory before anything is allocated.
 
 Moves go as one transfer per source (device, dtype), at most `PACK_BYTES` at a time: a LoCon
 holds ~1000 small tensors, and each pageable host-to-GPU copy is a synchronous driver call.
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 import psutil
 import torch
 
-from .errors import LoRAError
 from .layers import Layer
 
 if TYPE_CHECKING:
@@ -66,26 +66,6 @@ def stage(targets: list[PatchTarget], away: dict[torch.device, list[Layer]]) -> 
     if copies:
         for t in targets:
             t.items = [(copies.get(id(layer), layer), w) for layer, w in t.items]
-
-
-def check_memory(targets: list[PatchTarget], away: dict[torch.device, list[Layer]]) -> None:
-    """Refuse, before allocating anything, a stack whose patched weights cannot fit (the peak
-    is in the module docstring)."""
-    need = {dev: sum(layer.nbytes() for layer in layers) for dev, layers in away.items()}
-    biggest: dict[torch.device, int] = {}
-    for t in targets:
-        w = t.module.weight
-        dev = w.device
-        need[dev] = need.get(dev, 0) + w.numel() * w.element_size()
-        biggest[dev] = max(biggest.get(dev, 0), w.numel() * 4 * 2)
-    for dev, n in need.items():
-        total = n + biggest[dev]
-        free = free_bytes(dev)
-        if free is not None and total > free:
-            raise LoRAError(
-                f"patching this stack needs about {total / 2**30:.1f} GiB of {dev.type} memory "
-                f"and only {free / 2**30:.1f} GiB is free; nothing is patched"
-            )
 
 
 def layer_copies_on(layers: list[Layer], device: torch.device) -> dict[int, Layer]:

@@ -47,6 +47,12 @@ class ComputeSettings(_Section):
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
+class PatchSettings(_Section):
+    """Where a patched weight's original waits (`loraworks.lora.backups`)."""
+
+    strategy: Literal["auto", "swap", "inplace"] = "auto"
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=1, le=65535)
@@ -58,6 +64,7 @@ class Config(_Section):
     lcm: LCMPreset = LCMPreset()
     cache: CacheSettings = CacheSettings()
     compute: ComputeSettings = ComputeSettings()
+    patch: PatchSettings = PatchSettings()
     server: ServerSettings = ServerSettings()
 
     @classmethod
@@ -99,6 +106,12 @@ device_working_mem_gb = 3.0  # GPU memory kept free beside the models for genera
 [compute]             # read when the first model loads; restart the server after a change
 device = "auto"       # auto (a CUDA GPU when torch sees one, else CPU) | cpu | cuda | cuda:1 | mps
 precision = "auto"    # auto (float16 on a GPU, float32 elsewhere) | float32 | float16 | bfloat16
+
+[patch]               # where a patched weight's original waits while a LoRA stack is applied
+strategy = "auto"     # auto: swap when the patched copies fit in memory, else in place |
+                      #   swap: new tensors, originals kept (fastest; costs the patched size) |
+                      #   inplace: written into the model's own memory; originals kept in host
+                      #   memory (GPU) or re-read from the model file on restore (when short)
 
 [server]
 host = "127.0.0.1"
