@@ -26,7 +26,14 @@ from loraworks.generation.events import CancelFlag, ProgressCallback, StepReport
 from loraworks.generation.placement import placement
 from loraworks.generation.presets import Resolved, StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
-from loraworks.generation.recipe import RecipeModel, build_recipe, read_recipe, save_png
+from loraworks.generation.recipe import (
+    Recipe,
+    RecipeModel,
+    build_recipe,
+    compute_notes,
+    read_recipe,
+    save_png,
+)
 from loraworks.generation.render import render, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
@@ -130,7 +137,7 @@ def _run(
         steps.check()
         settings = replace(resolved.settings, seed=resolved.settings.seed + i)
         rendered = render(loaded.pipe, settings, steps, loaded.conds)
-        recipe = build_recipe(main, resolved.loras, settings)
+        recipe = build_recipe(main, resolved.loras, settings, placement(loaded.pipe.unet))
         path = save_png(rendered.image, mm.paths.outputs, recipe)
         as_dict = recipe.model_dump(mode="json")
         result.image_ids.append(mm.images.add(path, as_dict).id)
@@ -235,5 +242,5 @@ def recall(
         }
     )
     result = generate(request, manager=mm, progress=progress, cancel=cancel)
-    result.warnings[:0] = notes
+    result.warnings[:0] = notes + compute_notes(recipe, Recipe.model_validate(result.recipe))
     return result

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ValidationError
 
@@ -45,6 +46,10 @@ class Recipe(BaseModel):
     height: int
     init_image: Path | None = None
     strength: float | None = None
+    #: the UNet's dtype (``float32``…) and device type (``cpu``, ``cuda``, ``mps``): both change
+    #: the pixels, so `recall` warns when they differ (None: a recipe from before they were kept)
+    precision: str | None = None
+    device: str | None = None
 
     def to_request(self) -> GenerateRequest:
         """The request that re-creates this one image: every setting explicit, no preset."""
@@ -64,7 +69,13 @@ class Recipe(BaseModel):
         )
 
 
-def build_recipe(main: ModelRecord, loras: list[StackEntry], settings: RenderSettings) -> Recipe:
+def build_recipe(
+    main: ModelRecord,
+    loras: list[StackEntry],
+    settings: RenderSettings,
+    compute: tuple[torch.device, torch.dtype],
+) -> Recipe:
+    device, dtype = compute
     return Recipe(
         loraworks_version=loraworks.__version__,
         model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
@@ -88,7 +99,22 @@ def build_recipe(main: ModelRecord, loras: list[StackEntry], settings: RenderSet
         height=settings.height,
         init_image=settings.init_image,
         strength=settings.strength if settings.init_image else None,
+        precision=str(dtype).removeprefix("torch."),
+        device=device.type,
     )
+
+
+def compute_notes(made: Recipe, now: Recipe) -> list[str]:
+    """What differs between the precision and device an image was made with and a re-run's
+    (either changes the pixels)."""
+    then = (made.precision, made.device)
+    if None in then or then == (now.precision, now.device):
+        return []
+    return [
+        f"this image was made in {made.precision} on {made.device}; this run used "
+        f"{now.precision} on {now.device}, so the pixels differ (set [compute] precision and "
+        "device in config.toml to match)"
+    ]
 
 
 def save_png(image: Image.Image, folder: Path, recipe: Recipe) -> Path:

@@ -122,6 +122,25 @@ def test_a_recipe_written_by_an_earlier_version_still_recalls(mm, tmp_path):
     assert again.recipe["loras"][0]["weight"] == weight
 
 
+def test_recipes_record_precision_and_device_and_recall_says_when_they_differ(mm, tmp_path):
+    """fp32 and bf16 give different pixels: a PNG made with another precision or device is
+    recalled with a warning that says so; an older recipe without them recalls quietly."""
+    first = generate(tiny_request("sd1"), manager=mm)
+    assert (first.recipe["precision"], first.recipe["device"]) == ("float32", "cpu")
+    assert recall(first.images[0], manager=mm).warnings == []
+
+    def recalled_with(**fields):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("loraworks_recipe", json.dumps({**first.recipe, **fields}))
+        png = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        Image.open(first.images[0]).save(png, pnginfo=info)
+        return recall(png, manager=mm)
+
+    (note,) = recalled_with(precision="bfloat16", device="cuda").warnings
+    assert "bfloat16 on cuda" in note and "float32 on cpu" in note
+    assert recalled_with(precision=None, device=None).warnings == []
+
+
 def test_a_component_weight_reaches_the_patcher_as_the_request_gave_it(mm, pristine, monkeypatch):
     """A weight naming some components is the engine's weight: the patcher gets the request's
     checked dict (a component left out: 0, not patched) and patches exactly what the engine
