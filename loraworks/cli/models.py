@@ -182,8 +182,9 @@ def show(
     """Everything known about one model, including raw training metadata."""
     with _manager(root, quiet=as_json) as mm:
         record = mm.get(name)
+        facts = _main_facts(record)
         if as_json:
-            _dump(record.model_dump(mode="json"))
+            _dump({**record.model_dump(mode="json"), **facts})
             return
         table = Table(show_header=False)
         table.add_column("field", style="bold")
@@ -197,9 +198,32 @@ def show(
                 sep = "\n" if field in ("base_evidence", "warnings") else ", "
                 value = sep.join(map(str, value))
             table.add_row(field, Text("" if value is None else str(value)))
+        for field, value in facts.items():
+            if field == "memory":
+                value = ", ".join(f"{p} {n / 2**30:.1f} GiB" for p, n in value.items())
+            table.add_row(field, Text(str(value)))
         for key, value in sorted(record.metadata.items()):
             table.add_row(Text(f"metadata.{key}"), Text(_short(str(value))))
         out.print(table)
+
+
+def _main_facts(record: ModelRecord) -> dict[str, Any]:
+    """A main model's prediction type, native size and weight memory per precision (read from
+    its configs and headers); what cannot be read says why."""
+    from loraworks.models import ModelError
+    from loraworks.models.mainfacts import main_model_facts
+
+    if record.type != "main" or record.status != "ok":
+        return {}
+    try:
+        found = main_model_facts(record)
+    except ModelError as exc:
+        return {"facts": str(exc)}
+    return {
+        "prediction_type": found.prediction_type,
+        "native_size": found.native_size,
+        "memory": found.memory(),
+    }
 
 
 def _short(text: str, limit: int = 300) -> str:
