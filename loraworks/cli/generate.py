@@ -68,24 +68,37 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
 
 @contextmanager
 def _progress_bar() -> Iterator[Callable[[Any], None]]:
+    """One bar per generation: the main model's components while it loads (when the cache
+    does not hold it yet), then the denoise steps of every image."""
+    from loraworks.generation import LoadEvent, reporting_loads
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("loading", total=None)
+        task = bar.add_task("starting", total=None, count="")
 
-        def on_step(event: Any) -> None:
+        def on_event(event: Any) -> None:
+            if isinstance(event, LoadEvent):
+                done, total, unit = event.index, event.total, "components"
+                description = f"loading {event.component}"
+            else:
+                done, unit = event.image * event.total + event.step, "steps"
+                total = event.total * event.images
+                description = f"image {event.image + 1}/{event.images}"
             bar.update(
                 task,
-                description=f"image {event.image + 1}/{event.images}",
-                total=event.total * event.images,
-                completed=event.image * event.total + event.step,
+                description=description,
+                total=total,
+                completed=done,
+                count=f"{done}/{total} {unit}",
             )
 
-        yield on_step
+        with reporting_loads(on_event):
+            yield on_event
 
 
 def _report(result: Any) -> None:

@@ -9,8 +9,9 @@ from loraworks.generation.errors import (
     PromptSyntaxError,
     UnusableModel,
 )
-from loraworks.generation.events import StepEvent
+from loraworks.generation.events import StepEvent, reporting_loads
 from loraworks.generation.request import GenerateRequest, LoRASpec
+from loraworks.models.loadevents import LoadEvent
 
 __all__ = [
     "CheckedRequest",
@@ -20,10 +21,12 @@ __all__ = [
     "GenerationError",
     "LoRANotFound",
     "LoRASpec",
+    "LoadEvent",
     "PromptSyntaxError",
     "StepEvent",
     "UnusableModel",
     "check_request",
     "generate",
     "recall",
+    "reporting_loads",
 ]

@@ -9,6 +9,7 @@ A lock per model serialises generations on it (the server's worker, tests, the C
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,11 +21,15 @@ import torch
 
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
+from loraworks.generation.events import load_listener
 from loraworks.lora import LoRA, LoRAPatcher, free_bytes, load_lora, same_device
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.config import ComputeSettings
+from loraworks.models.loadevents import LoadProgress
+from loraworks.models.loading import model_bytes
 
 GIB = 1024**3
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,14 +107,18 @@ def device_residents(sizes: list[tuple[object, int]], budget: int) -> set[object
 class ModelCache:
     def __init__(
         self,
-        load_main: Callable[[ModelRecord], Any],
+        load_main: Callable[[ModelRecord, LoadProgress | None], Any],
         ram_budget_gb: float,
         max_loras: int,
         device: torch.device = torch.device("cpu"),
         lora_device_gb: float = 0.0,
         working_mem_gb: float = 0.0,
+        estimate: Callable[[ModelRecord], int] = lambda record: 0,
     ):
         self._load_main = load_main
+        #: bytes a model will hold once loaded, read before loading it (0: not known, room
+        #: is then made once it is loaded)
+        self._estimate = estimate
         self.budget = int(ram_budget_gb * GIB)
         self.max_loras = max_loras
         self.device = device
@@ -125,17 +134,30 @@ class ModelCache:
     def model(self, record: ModelRecord) -> LoadedModel:
         """The loaded pipeline for `record` (loading it, and evicting others, when needed).
 
-        The pipeline is read into host memory first; room is made (idle models evicted, least
-        recently used first) before it moves to the device, so a GPU never holds the old
-        models and the new one at once, and keeps `working_mem` free beside it when evicting
-        idle models can make that room. Not enough device memory for the model itself even
-        then → GenerationError, and nothing is cached."""
+        Room is made (idle models evicted, least recently used first) before the model is
+        read, for the size its file headers give, so host memory never holds the old models
+        and the new one at once; a model larger than the whole budget is loaded anyway, alone,
+        with a warning. Room is made again for the size it turned out to have before it moves
+        to the device, so a GPU never holds them together either and keeps `working_mem` free
+        beside it when evicting idle models can make that room. Not enough device memory for
+        the model itself even then → GenerationError, and nothing is cached. The load reports
+        its components to the listener of `reporting_loads`, if any."""
         with self._lock:
             loaded = self._models.get(record.key)
             if loaded is not None and loaded.hash == record.hash:
                 self._models.move_to_end(record.key)
                 return loaded
-            pipe = self._load_main(record)
+            size = self._estimate(record)
+            if size > self.budget:
+                log.warning(
+                    "'%s' needs about %.1f GiB, more than [cache] ram_budget_gb = %.1f in "
+                    "config.toml: it is loaded alone, every idle model unloaded first",
+                    record.name,
+                    size / GIB,
+                    self.budget / GIB,
+                )
+            self._make_room(size, loading=record.key)
+            pipe = self._load_main(record, load_listener.get())
             size = pipeline_bytes(pipe)
             self._make_room(size, loading=record.key)
             try:
@@ -222,12 +244,13 @@ def cache_for(manager: ModelManager) -> ModelCache:
             # otherwise, so an fp16 model would run its CLIP in fp16 beside an fp32 UNet
             cfg = manager.config.cache
             cache = ModelCache(
-                lambda record: manager.load_main(record, dtype=dtype),
+                lambda record, progress: manager.load_main(record, dtype=dtype, progress=progress),
                 cfg.ram_budget_gb,
                 cfg.max_loras,
                 device,
                 cfg.lora_gpu_gb,
                 cfg.device_working_mem_gb,
+                lambda record: model_bytes(record, dtype),
             )
             _CACHES[root] = cache
         return cache

@@ -1,10 +1,12 @@
-"""Per-step progress events. The preview is computed only when a listener reads it: a cheap
-linear latent→RGB map, no VAE pass."""
+"""Progress events: per denoise step (the preview is computed only when a listener reads it:
+a cheap linear latent→RGB map, no VAE pass), and per component of a main model being loaded."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 from loraworks.generation.errors import GenerationCancelled
+from loraworks.models.loadevents import LoadProgress
 
 # Linear fits of the VAE decoder (per latent channel → RGB), as used by ComfyUI previews.
 _SD_RGB = (
@@ -57,6 +60,21 @@ class StepEvent:
 
 
 ProgressCallback = Callable[[StepEvent], None]
+
+#: who hears of model loads (`LoadEvent`s) in this context; the model cache reads it when it
+#: loads. Context-local, so each CLI run and each server job hears only its own loads.
+load_listener: ContextVar[LoadProgress | None] = ContextVar("load_listener", default=None)
+
+
+@contextmanager
+def reporting_loads(listener: LoadProgress) -> Iterator[None]:
+    """Within this block, a main model loaded for a generation tells `listener` of each
+    component (`LoadEvent`) as it starts loading."""
+    token = load_listener.set(listener)
+    try:
+        yield
+    finally:
+        load_listener.reset(token)
 
 
 class CancelFlag(Protocol):

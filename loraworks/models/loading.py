@@ -7,8 +7,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from loraworks.models.errors import ModelError
+from loraworks.models.folder import folder_bytes, load_folder
+from loraworks.models.loadevents import LoadProgress
 from loraworks.models.records import ModelRecord
+from loraworks.models.singlefile import checkpoint_bytes, load_checkpoint
 
 
 def pipeline_class(base: str):
@@ -17,28 +22,52 @@ def pipeline_class(base: str):
     return StableDiffusionXLPipeline if base == "sdxl" else StableDiffusionPipeline
 
 
-def load_pipeline(record: ModelRecord, cache: Path, **kwargs: Any):
-    """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`; `kwargs` go to
-    diffusers (e.g. `dtype`). Folders load with `local_files_only`; single files never
-    touch the hub at all."""
+def load_pipeline(
+    record: ModelRecord,
+    cache: Path,
+    dtype: torch.dtype | None = None,
+    progress: LoadProgress | None = None,
+    **kwargs: Any,
+):
+    """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`, its weights in
+    `dtype` (float32 when None); `kwargs` go to the pipeline. Folders load with
+    `local_files_only`; single files never touch the hub at all. `progress` hears of each
+    model component (UNet, VAE, text encoders) as it starts loading."""
     cls = pipeline_class(record.base or "sd1")
     if record.base != "sdxl":
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
         kwargs.setdefault("feature_extractor", None)
-    try:
-        with _without_loading_bars():
-            if record.format == "diffusers":
-                return cls.from_pretrained(str(record.path), local_files_only=True, **kwargs)
-            if record.format == "checkpoint":
-                from loraworks.models.singlefile import load_checkpoint
+    with _load_errors(record), _without_loading_bars():
+        if record.format == "diffusers":
+            return load_folder(cls, record.path, dtype, progress, **kwargs)
+        if record.format == "checkpoint":
+            base = record.base or "sd1"
+            return load_checkpoint(cls, record.path, base, cache, dtype, progress, **kwargs)
+    raise ModelError(f"'{record.name}': no loader for format '{record.format}'")
 
-                return load_checkpoint(cls, record.path, record.base or "sd1", cache, **kwargs)
+
+def model_bytes(record: ModelRecord, dtype: torch.dtype) -> int:
+    """What `load_pipeline(record, dtype=dtype)` will hold (its model components' weights),
+    read from the files' headers without loading them: the model cache makes room with it
+    before it loads. 0 for a format with no loader (the load then says why)."""
+    with _load_errors(record):
+        if record.format == "diffusers":
+            return folder_bytes(record.path, dtype)
+        if record.format == "checkpoint":
+            return checkpoint_bytes(record.path, record.base or "sd1", dtype)
+    return 0
+
+
+@contextmanager
+def _load_errors(record: ModelRecord) -> Iterator[None]:
+    """What reading a model's files can raise, as one `ModelError` that names it."""
+    try:
+        yield
     except ModelError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"'{record.name}': cannot be loaded ({exc})") from None
-    raise ModelError(f"'{record.name}': no loader for format '{record.format}'")
 
 
 @contextmanager

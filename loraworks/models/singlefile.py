@@ -3,21 +3,26 @@
 Configs come from `configs/<base>.json` (the published architectures); every width, depth
 and block layout that the tensors reveal overrides the template, so fine-tunes with other
 sizes load too. Only what weights cannot tell (head counts, scheduler) comes from the
-template. Key conversion is diffusers' own (`diffusers.loaders.single_file_utils`).
+template. Key conversion is diffusers' own (`diffusers.loaders.single_file_utils`), one
+component at a time on that component's tensors, already read and cast.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from loraworks.models.assign import assign, empty, fit_text_keys
 from loraworks.models.errors import ModelError
-from loraworks.models.safefiles import read_weights
+from loraworks.models.lazyweights import LazyWeights, stored_bytes
+from loraworks.models.loadevents import LoadProgress, announced
 from loraworks.models.tokenizer import clip_tokenizer
 
 UNET = "model.diffusion_model."
@@ -162,81 +167,123 @@ def text_encoder_config(
     return cfg
 
 
-def _text_encoder(sd, prefix: str, open_clip: bool, base_cfg: dict[str, Any]):
+#: a component's file keys, and how to build it from their tensors (read and cast)
+Part = tuple[list[str], Callable[[dict[str, torch.Tensor]], torch.nn.Module]]
+
+
+def _parts(weights: LazyWeights, base: str) -> dict[str, Part]:
+    """What each component is built from, in load order; the architecture comes from the
+    shapes alone. The UNet comes last: the open_clip conversion copies q/k/v out of
+    `in_proj` for a moment, which then happens while little is loaded, so the peak is the
+    finished pipeline's size."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    name = weights.path.name
+    if not _under(weights, VAE):
+        raise ModelError(f"{name}: the checkpoint holds no VAE (first_stage_model.*)")
+    for prefix, _ in TEXT_ENCODERS[base].values():
+        if not _under(weights, prefix):
+            raise ModelError(f"{name}: no {base} text encoder weights ({prefix}*)")
+    cfg = template(base)
+    shapes = weights.meta()
+    parts: dict[str, Part] = {}
+    for te, (prefix, open_clip) in TEXT_ENCODERS[base].items():
+        projection = cfg[te]["class"].endswith("Projection")
+        config = CLIPTextConfig(**text_encoder_config(shapes, prefix, open_clip, cfg[te]))
+        # never read: layers past the ones used (SD2 files hold one more: SD2 reads the
+        # penultimate layer), and SD2's open_clip text projection (its text encoder has none)
+        unread = f"{prefix}text_projection" if open_clip and not projection else None
+        keys = [
+            k
+            for k in _under(weights, prefix)
+            if k != unread and not _beyond(k[len(prefix) :], config.num_hidden_layers)
+        ]
+        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+        parts[te] = (keys, partial(_text_encoder, cls, config, prefix, open_clip))
+    parts["vae"] = (_under(weights, VAE), partial(_vae, vae_config(shapes, cfg["vae"])))
+    parts["unet"] = (_under(weights, UNET), partial(_unet, unet_config(shapes, cfg["unet"])))
+    return parts
+
+
+def _under(weights: LazyWeights, prefix: str) -> list[str]:
+    return [k for k in weights.shapes if k.startswith(prefix)]
+
+
+def _unet(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet = empty(lambda: UNet2DConditionModel(**cfg))
+    return assign(unet, convert_ldm_unet_checkpoint(sd, cfg), "checkpoint's UNet")
+
+
+def _vae(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    vae = empty(lambda: AutoencoderKL(**cfg))
+    return assign(vae, convert_ldm_vae_checkpoint(sd, cfg), "checkpoint's VAE")
+
+
+def _text_encoder(
+    cls, config, prefix: str, open_clip: bool, sd: dict[str, torch.Tensor]
+) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_open_clip_checkpoint,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cls = CLIPTextModelWithProjection if base_cfg["class"].endswith("Projection") else CLIPTextModel
-    model = cls(CLIPTextConfig(**text_encoder_config(sd, prefix, open_clip, base_cfg)))
+    model = empty(lambda: cls(config))
     if open_clip:
         state = convert_open_clip_checkpoint(model, sd, prefix=prefix)
     else:
         state = convert_ldm_clip_checkpoint(sd, remove_prefix=prefix)
-    expected = set(model.state_dict())
-    state = {_fit_text_key(k, expected): v for k, v in state.items()}
-    # layers past the ones used: SD2 files hold one more (SD2 reads the penultimate layer)
-    used = model.config.num_hidden_layers
-    state = {k: v for k, v in state.items() if k in expected or not _beyond(k, used)}
+    state = fit_text_keys(state, model)
+    expected = model.state_dict()
+    # CLIP-L's position ids, in published files: a buffer the model builds itself
     state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
-    _load(model, state, "text encoder")
-    return model
+    return assign(model, state, "checkpoint's text encoder")
 
 
 def _beyond(key: str, layers: int) -> bool:
-    found = re.match(r"(?:text_model\.)?encoder\.layers\.(\d+)\.", key)
+    """An LDM text-encoder key (prefix removed) of a layer at or past `layers`."""
+    found = re.match(r"(?:transformer\.resblocks|(?:text_model\.)?encoder\.layers)\.(\d+)\.", key)
     return bool(found) and int(found.group(1)) >= layers
 
 
-def _fit_text_key(key: str, expected: set[str]) -> str:
-    """transformers ≥5.6 `CLIPTextModel` has no `text_model.` level; files always do."""
-    if key in expected:
-        return key
-    stripped = key.removeprefix("text_model.")
-    return stripped if stripped in expected else key
-
-
-def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing or result.unexpected_keys:
-        raise ModelError(
-            f"the checkpoint's {what} does not match its inferred architecture "
-            f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected weights, "
-            f"e.g. {(missing or result.unexpected_keys)[0]})"
-        )
-
-
-def load_checkpoint(cls, path: Path, base: str, cache: Path, **kwargs: Any):
-    """Build `cls` (a diffusers SD or SDXL pipeline) from a single-file checkpoint."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
+def checkpoint_bytes(path: Path, base: str, dtype: torch.dtype) -> int:
+    """The pipeline's weights in `dtype`, from the file's header (`stored_bytes`)."""
+    return stored_bytes(
+        path, dtype, lambda weights: [k for keys, _ in _parts(weights, base).values() for k in keys]
     )
 
-    dtype = kwargs.pop("dtype", None)
-    sd = read_weights(path).tensors
+
+def load_checkpoint(
+    cls,
+    path: Path,
+    base: str,
+    cache: Path,
+    dtype: torch.dtype | None = None,
+    progress: LoadProgress | None = None,
+    **kwargs: Any,
+):
+    """Build `cls` (a diffusers SD or SDXL pipeline) from a single-file checkpoint.
+
+    Each component is built on the meta device and given the file's tensors cast to `dtype`
+    (float32 when None), read one at a time (`LazyWeights`): the load peaks near the
+    pipeline's size in `dtype`, and every weight is bit for bit `tensor.to(dtype)` of the
+    file's. `progress` hears of each component as it starts."""
+    from diffusers import EulerDiscreteScheduler
+
+    weights = LazyWeights(path)
+    parts: dict[str, Any] = {
+        name: build(weights.take(keys, dtype or torch.float32))
+        for name, (keys, build) in announced(_parts(weights, base), progress)
+    }
     cfg = template(base)
-    if not any(k.startswith(VAE) for k in sd):
-        raise ModelError(f"{path.name}: the checkpoint holds no VAE (first_stage_model.*)")
-    unet_cfg = unet_config(sd, cfg["unet"])
-    unet = UNet2DConditionModel(**unet_cfg)
-    _load(unet, convert_ldm_unet_checkpoint(sd, unet_cfg), "UNet")
-    vae_cfg = vae_config(sd, cfg["vae"])
-    vae = AutoencoderKL(**vae_cfg)
-    _load(vae, convert_ldm_vae_checkpoint(sd, vae_cfg), "VAE")
-    parts: dict[str, Any] = {"unet": unet, "vae": vae}
-    for name, (prefix, open_clip) in TEXT_ENCODERS[base].items():
-        if not any(k.startswith(prefix) for k in sd):
-            raise ModelError(f"{path.name}: no {base} text encoder weights ({prefix}*)")
-        parts[name] = _text_encoder(sd, prefix, open_clip, cfg[name])
+    for name in TEXT_ENCODERS[base]:
         tok_name = name.replace("text_encoder", "tokenizer")
         parts[tok_name] = clip_tokenizer(cache, cfg[tok_name]["pad_token"])
     sched_cfg = {k: v for k, v in cfg["scheduler"].items() if k != "class"}
     parts["scheduler"] = EulerDiscreteScheduler(**sched_cfg)
-    del sd
-    pipe = cls(**parts, **kwargs)
-    return pipe if dtype is None else pipe.to(dtype=dtype)
+    return cls(**parts, **kwargs)
