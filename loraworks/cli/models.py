@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loraworks.cli.console import fail, out, say
+from loraworks.cli.install_bar import install_bar
 
 if TYPE_CHECKING:
     from loraworks.models import ModelRecord
@@ -239,10 +240,13 @@ def install(
     as_json: bool = JsonOption,
     root: Path | None = RootOption,
 ) -> None:
-    """Install a model (copied into models/ unless --in-place)."""
+    """Install a model (copied into models/ unless --in-place); a terminal shows its progress."""
     with _manager(root, quiet=as_json) as mm:
         before = {r.key for r in mm.list()}
-        record = mm.install(source, copy=not in_place, name=name, type=_value(type))
+        with install_bar(show=not as_json) as progress:
+            record = mm.install(
+                source, copy=not in_place, name=name, type=_value(type), progress=progress
+            )
         if as_json:
             _dump(record.model_dump(mode="json"))
         elif record.key in before:

@@ -3,7 +3,8 @@ the record (the caller does that in one transaction).
 
 A crash at any point leaves either nothing, a `.tmp-*` entry, or a complete folder without a
 record; `clean_leftovers` removes the last two on the next open. An advisory lock keeps that
-cleanup away from installs still running in another process.
+cleanup away from installs still running in another process. Files are copied chunk by chunk,
+so that the bytes copied can be reported.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import fcntl
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+from loraworks.models.progress import CHUNK_BYTES, ByteCounter, ProgressCallback
 
 TMP_PREFIX = ".tmp-"
 _KEY = re.compile(r"[0-9a-f]{32}")
@@ -56,29 +61,63 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_synced(src: Path, dst: Path) -> None:
+def _size(path: Path) -> int:
+    """Bytes `_copy_synced` copies from `path` (it walks folders the same way)."""
+    if path.is_dir():
+        return sum(_size(child) for child in path.iterdir())
+    return path.stat().st_size
+
+
+def _by_kernel(source: BinaryIO, target: BinaryIO) -> int:
+    return os.sendfile(target.fileno(), source.fileno(), None, CHUNK_BYTES)
+
+
+def _through_python(source: BinaryIO, target: BinaryIO) -> int:
+    chunk = source.read(CHUNK_BYTES)
+    target.write(chunk)
+    return len(chunk)
+
+
+# Linux sends file to file in the kernel (as shutil.copyfile does): a third of the time of
+# copying through Python when the source is cached. Elsewhere sendfile wants a socket.
+_copy_chunk = _by_kernel if sys.platform == "linux" else _through_python
+
+
+def _copy_file(src: Path, dst: Path, counter: ByteCounter) -> None:
+    with src.open("rb") as source, dst.open("wb") as target:
+        while count := _copy_chunk(source, target):
+            counter.add(count, src.name)
+
+
+def _copy_synced(src: Path, dst: Path, counter: ByteCounter) -> None:
     if src.is_dir():
         dst.mkdir()
         for child in sorted(src.iterdir()):
-            _copy_synced(child, dst / child.name)
+            _copy_synced(child, dst / child.name, counter)
         _fsync_path(dst)
     else:
-        shutil.copyfile(src, dst)
+        _copy_file(src, dst, counter)
         _fsync_path(dst)
 
 
 def copy_into(
-    models_dir: Path, key: str, source: Path, file_name: str, extras: dict[str, Path]
+    models_dir: Path,
+    key: str,
+    source: Path,
+    file_name: str,
+    extras: dict[str, Path],
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Copy `source` (file or folder) to `models/<key>/<file_name>` atomically, with `extras`
     (e.g. the preview image) beside it under the given names; return the copied path."""
     tmp = models_dir / f"{TMP_PREFIX}{key}"
     final = models_dir / key
+    counter = ByteCounter(progress, "copy", sum(_size(p) for p in (source, *extras.values())))
     tmp.mkdir()
     try:
-        _copy_synced(source, tmp / file_name)
+        _copy_synced(source, tmp / file_name, counter)
         for extra_name, extra in extras.items():
-            _copy_synced(extra, tmp / extra_name)
+            _copy_synced(extra, tmp / extra_name, counter)
         _fsync_path(tmp)
         _pause_at("before-rename")
         os.replace(tmp, final)

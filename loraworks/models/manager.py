@@ -24,6 +24,7 @@ from loraworks.models.metadata import card_facts, sidecar_base
 from loraworks.models.names import sanitize_name
 from loraworks.models.paths import RootPaths, resolve_root
 from loraworks.models.probe import probe
+from loraworks.models.progress import ByteCounter, ProgressCallback
 from loraworks.models.records import (
     BaseName,
     ModelRecord,
@@ -191,17 +192,21 @@ class ModelManager:
         copy: bool = True,
         name: str | None = None,
         type: ModelType | None = None,
+        progress: ProgressCallback | None = None,
     ) -> ModelRecord:
         """Install a file, folder, URL or Hugging Face repo id; return its record.
 
         Same content already installed → the existing record is returned unchanged.
+        `progress` receives an `InstallProgress` per step (download, probe, hash, copy).
         """
         text = str(source)
         if is_remote(text) and not Path(text).expanduser().exists():
-            with fetch_remote(text, self.paths.cache) as local:
-                return self.install(local, copy=True, name=name or _remote_name(text), type=type)
+            with fetch_remote(text, self.paths.cache, progress) as local:
+                name = name or _remote_name(text)
+                return self.install(local, copy=True, name=name, type=type, progress=progress)
         path = Path(text).expanduser().resolve()
-        found = probe(path, expect=type)
+        ByteCounter(progress, "probe", None).add(0, path.name)
+        found = probe(path, expect=type, progress=progress)
         if type is not None and found.type != type:
             raise ModelError(f"{path.name}: is a {found.type} model, not a {type}")
         existing = self.db.by_hash(found.hash)
@@ -219,7 +224,9 @@ class ModelManager:
         if facts.preview_path is not None:
             extras["preview" + facts.preview_path.suffix.lower()] = facts.preview_path
         with install_lock(self.paths.install_lock, exclusive=False):
-            copied = copy_into(self.paths.models, key, path, sanitize_name(path.name), extras)
+            copied = copy_into(
+                self.paths.models, key, path, sanitize_name(path.name), extras, progress
+            )
             preview = next(iter(extras), None)
             stored = stored.model_copy(
                 update={

@@ -23,6 +23,7 @@ from loraworks.lora.files import (
 )
 from loraworks.models.errors import ModelError
 from loraworks.models.hashing import hash_file, hash_files, hash_folder
+from loraworks.models.progress import ProgressCallback
 from loraworks.models.records import BaseName, ModelType
 from loraworks.models.safefiles import model_errors, read_header, read_weights
 
@@ -85,29 +86,32 @@ def lora_weights_file(folder: Path) -> Path:
     return next(folder / n for n in LORA_WEIGHT_NAMES if (folder / n).is_file())
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, progress: ProgressCallback | None = None) -> str:
     """The hash that identifies a model: of the weights file for diffusers LoRA folders (so a
     folder and its bare file are the same content), of weights + `adapter_config.json` for
     PEFT folders (alpha lives there), of every file for pipelines."""
     if is_main_folder(path):
-        return hash_folder(path)
+        return hash_folder(path, progress)
     if is_lora_folder(path):
         weights = lora_weights_file(path)
         config = path / PEFT_CONFIG_NAME
         if weights.name in PEFT_WEIGHT_NAMES and config.is_file():
-            return hash_files([weights, config])
-        return hash_file(weights)
-    return hash_file(path)
+            return hash_files([weights, config], progress=progress)
+        return hash_file(weights, progress)
+    return hash_file(path, progress)
 
 
-def probe(path: Path, expect: ModelType | None = None) -> Probe:
-    """Identify `path`; `expect` narrows the guess (the drop folders know what they hold)."""
+def probe(
+    path: Path, expect: ModelType | None = None, progress: ProgressCallback | None = None
+) -> Probe:
+    """Identify `path`; `expect` narrows the guess (the drop folders know what they hold);
+    `progress` hears the bytes hashed."""
     if not path.exists():
         raise ModelError(f"{path}: no such file or folder")
     if is_main_folder(path):
-        return _probe_main_folder(path)
+        return _probe_main_folder(path, progress)
     if is_lora_folder(path):
-        return _probe_lora_folder(path)
+        return _probe_lora_folder(path, progress)
     if path.is_dir():
         raise ModelError(
             f"{path.name}: a folder that is neither a diffusers model (model_index.json) nor a "
@@ -138,7 +142,7 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             type="main",
             base=_base_from_checkpoint(path.name, shapes),
             format="checkpoint",
-            hash=content_hash(path),
+            hash=content_hash(path, progress),
             weights=path,
             metadata=metadata,
         )
@@ -147,12 +151,12 @@ def probe(path: Path, expect: ModelType | None = None) -> Probe:
             type="vae",
             base="sdxl" if re.search(r"xl", path.name, re.IGNORECASE) else "sd1",
             format="checkpoint",
-            hash=content_hash(path),
+            hash=content_hash(path, progress),
             weights=path,
             metadata=metadata,
         )
     parsed = _load_with_engine(weights or read_weights(path, header), path.name)
-    return _lora_probe(parsed, path, path, path.stem)
+    return _lora_probe(parsed, path, path, path.stem, progress=progress)
 
 
 # --- LoRAs ----------------------------------------------------------------------------------
@@ -174,16 +178,21 @@ def _load_with_engine(source: Any, label: str) -> lora.LoRA:
         ) from None
 
 
-def _probe_lora_folder(folder: Path) -> Probe:
+def _probe_lora_folder(folder: Path, progress: ProgressCallback | None) -> Probe:
     weights = lora_weights_file(folder)
     # The record names the container (what the user installed): a diffusers or PEFT folder.
     container = "peft" if weights.name in PEFT_WEIGHT_NAMES else "diffusers"
     parsed = _load_with_engine(folder, folder.name)
-    return _lora_probe(parsed, folder, weights, folder.name, container)
+    return _lora_probe(parsed, folder, weights, folder.name, container, progress)
 
 
 def _lora_probe(
-    parsed: lora.LoRA, source: Path, weights: Path, name: str, container: str | None = None
+    parsed: lora.LoRA,
+    source: Path,
+    weights: Path,
+    name: str,
+    container: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Probe:
     metadata = dict(parsed.metadata or {})
     return Probe(
@@ -192,7 +201,7 @@ def _lora_probe(
         compatible_bases=sorted(parsed.compatible_bases),
         layer_kinds=dict(sorted(parsed.kinds.items())),
         format=container or parsed.format,
-        hash=content_hash(source),
+        hash=content_hash(source, progress),
         weights=weights,
         is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),
         metadata=metadata,
@@ -261,7 +270,7 @@ def _looks_like_vae(shapes: dict[str, tuple[int, ...]]) -> bool:
     )
 
 
-def _probe_main_folder(folder: Path) -> Probe:
+def _probe_main_folder(folder: Path, progress: ProgressCallback | None) -> Probe:
     try:
         index = json.loads((folder / "model_index.json").read_text())
         unet = json.loads((folder / "unet" / "config.json").read_text())
@@ -281,7 +290,7 @@ def _probe_main_folder(folder: Path) -> Probe:
         type="main",
         base=base,
         format="diffusers",
-        hash=content_hash(folder),
+        hash=content_hash(folder, progress),
         weights=folder,
         metadata=metadata,
     )

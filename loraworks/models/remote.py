@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loraworks.models.errors import ModelError
+from loraworks.models.progress import CHUNK_BYTES, ByteCounter, ProgressCallback
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 _DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.png"]
@@ -22,20 +23,22 @@ def is_remote(source: str) -> bool:
 
 
 @contextmanager
-def fetch_remote(source: str, cache: Path) -> Iterator[Path]:
+def fetch_remote(
+    source: str, cache: Path, progress: ProgressCallback | None = None
+) -> Iterator[Path]:
     """Yield a local copy of `source`, deleted afterwards (the install copies it)."""
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="download-", dir=cache))
     try:
         if source.startswith(("http://", "https://")):
-            yield _download_url(source, tmp)
+            yield _download_url(source, tmp, progress)
         else:
-            yield _download_repo(source, tmp)
+            yield _download_repo(source, tmp, progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _download_url(url: str, folder: Path) -> Path:
+def _download_url(url: str, folder: Path, progress: ProgressCallback | None) -> Path:
     import httpx
 
     name = url.split("?")[0].rstrip("/").split("/")[-1] or "download.safetensors"
@@ -43,18 +46,25 @@ def _download_url(url: str, folder: Path) -> Path:
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=30) as response:
             response.raise_for_status()
+            length = response.headers.get("content-length")
+            counter = ByteCounter(progress, "download", int(length) if length else None)
             with target.open("wb") as f:
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in response.iter_bytes(CHUNK_BYTES):
                     f.write(chunk)
+                    # bytes on the wire, which the length counts (the chunks may be unzipped)
+                    counter.add(response.num_bytes_downloaded - counter.done, target.name)
     except httpx.HTTPError as exc:
         raise ModelError(f"cannot download {url}: {exc} (is there a network?)") from None
     return target
 
 
-def _download_repo(repo_id: str, folder: Path) -> Path:
+def _download_repo(repo_id: str, folder: Path, progress: ProgressCallback | None) -> Path:
+    """A repo is reported when it starts and when it is complete (huggingface_hub draws its
+    own bars meanwhile)."""
     hint = f"'{repo_id}' is not a local path"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelError(f"{hint}, and Hugging Face downloads are off (HF_HUB_OFFLINE=1)")
+    ByteCounter(progress, "download", None).add(0, repo_id)
     try:
         from huggingface_hub import snapshot_download
 
@@ -64,4 +74,6 @@ def _download_repo(repo_id: str, folder: Path) -> Path:
         raise ModelError(
             f"{hint}, and it cannot be fetched from Hugging Face: {reason} (is there a network?)"
         ) from None
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    ByteCounter(progress, "download", size).add(size, repo_id)
     return folder
