@@ -3,9 +3,11 @@
 Loading must never hold the file's tensors and the model at once. safetensors' own reader
 maps the whole file, and every page a cast touches stays resident until the last tensor of the
 map is dropped: casting a 7 GB SDXL file to bfloat16 through it peaks at file + model. Here
-each tensor is read with positioned reads into its own buffer (the page cache is not counted
-in a process's memory) and cast before the next is read, so a load peaks at the model's size
-in its dtype plus one tensor. A tensor already in the target dtype is its read buffer: no copy.
+tensors are read with plain reads (the page cache is not counted in a process's memory): one
+already in the target dtype straight into its own memory, one to cast into a reused scratch
+buffer and from there, cast, into its own memory. A load peaks at the model's size in its
+dtype plus the largest tensor, and the weights are private memory: rewriting the file while
+the model is loaded changes nothing (a mapped weight would change, or fault).
 
 Pickles (`.ckpt`) can only be read whole, weights-only (`safefiles.read_weights`); their
 tensors are let go as they are taken, so a cast copy replaces the original step by step.
@@ -14,10 +16,10 @@ tensors are let go as they are taken, so a cast copy replaces the original step 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -89,15 +91,13 @@ class LazyWeights:
                 entry, stored = self._entry(key)
                 wanted = dtype if stored.is_floating_point else stored
                 if wanted == stored:
-                    out[key] = self._read(f.fileno(), entry, torch.empty(entry.shape, dtype=stored))
+                    out[key] = self._read(f, entry, torch.empty(entry.shape, dtype=stored))
                     continue
                 if scratch.numel() < entry.end - entry.start:
                     scratch = torch.empty(entry.end - entry.start, dtype=torch.uint8)
                 raw = scratch[: entry.end - entry.start].view(stored).reshape(entry.shape)
                 # `copy_` is the kernel `tensor.to(dtype)` runs: the same bits
-                out[key] = torch.empty(entry.shape, dtype=wanted).copy_(
-                    self._read(f.fileno(), entry, raw)
-                )
+                out[key] = torch.empty(entry.shape, dtype=wanted).copy_(self._read(f, entry, raw))
         return out
 
     def nbytes(self, keys: Iterable[str], dtype: torch.dtype) -> int:
@@ -125,13 +125,14 @@ class LazyWeights:
             )
         return entry, dtype
 
-    def _read(self, fd: int, entry: _Entry, into: torch.Tensor) -> torch.Tensor:
+    def _read(self, f: BinaryIO, entry: _Entry, into: torch.Tensor) -> torch.Tensor:
         """`into` (contiguous, of the entry's size) filled with the entry's bytes."""
         view = memoryview(into.reshape(-1).view(torch.uint8).numpy())
+        f.seek(entry.start)
         done = 0
         while done < len(view):  # one read returns at most ~2 GiB
-            got = os.preadv(fd, [view[done:]], entry.start + done)
-            if got == 0:
+            got = f.readinto(view[done:])
+            if not got:
                 raise ModelError(f"{self.path.name}: the file ends inside a tensor (truncated)")
             done += got
         return into
