@@ -34,6 +34,20 @@ def fake_record(name: str, type_: str = "lora", **kw) -> ModelRecord:
     return ModelRecord(**{**fields, **kw})
 
 
+class FakePipe:
+    """Just enough pipeline for the model cache: one module of `numel` fp32 weights."""
+
+    def __init__(self, numel: int):
+        self.unet = torch.nn.Linear(numel, 1, bias=False)
+
+    @property
+    def components(self) -> dict:
+        return {"unet": self.unet}
+
+    def to(self, _device):
+        return self
+
+
 def tiny_request(base: str, **kw) -> GenerateRequest:
     """A cheap request on the `mm` root's tiny model for `base` (fields overridable)."""
     fields = dict(

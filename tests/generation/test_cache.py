@@ -12,21 +12,7 @@ from PIL import Image
 
 from loraworks.generation import generate
 from loraworks.generation.cache import GIB, ModelCache
-from tests.generation.conftest import SIZE, fake_record, tiny_request
-
-
-class _FakePipe:
-    """Just enough pipeline for the cache: one module of `numel` fp32 weights."""
-
-    def __init__(self, numel: int):
-        self.unet = torch.nn.Linear(numel, 1, bias=False)
-
-    @property
-    def components(self) -> dict:
-        return {"unet": self.unet}
-
-    def to(self, _device):
-        return self
+from tests.generation.conftest import SIZE, FakePipe, fake_record, tiny_request
 
 
 def _cache(budget_weights: int) -> tuple[ModelCache, list[str]]:
@@ -34,7 +20,7 @@ def _cache(budget_weights: int) -> tuple[ModelCache, list[str]]:
 
     def load(record, progress):
         loaded.append(record.name)
-        return _FakePipe(1000)
+        return FakePipe(1000)
 
     return ModelCache(load, budget_weights * 4 / GIB, max_loras=2), loaded
 
@@ -68,7 +54,7 @@ def test_room_is_made_before_a_model_moves_to_the_device():
 
     resident_at_move: list[int] = []
 
-    class _Pipe(_FakePipe):
+    class _Pipe(FakePipe):
         def to(self, _device):
             resident_at_move.append(len(cache._models))
             return self
@@ -80,7 +66,7 @@ def test_room_is_made_before_a_model_moves_to_the_device():
     cache.model(b)
     assert resident_at_move == [0, 0]  # a was evicted before b moved
 
-    class _TooBig(_FakePipe):
+    class _TooBig(FakePipe):
         def to(self, _device):
             raise torch.OutOfMemoryError("CUDA out of memory")
 

@@ -7,28 +7,13 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 from loraworks.generation import LoadEvent, StepEvent, reporting_loads
 from loraworks.generation.cache import GIB, ModelCache, cache_for, pipeline_bytes
 from loraworks.generation.events import load_listener
 from loraworks.models import ModelManager
 from tests.fixtures.models import build_pipeline
-from tests.generation.conftest import fake_record
-
-
-class _Pipe:
-    """Just enough pipeline for the cache: one module of `numel` fp32 weights."""
-
-    def __init__(self, numel: int):
-        self.unet = torch.nn.Linear(numel, 1, bias=False)
-
-    @property
-    def components(self) -> dict:
-        return {"unet": self.unet}
-
-    def to(self, _device):
-        return self
+from tests.generation.conftest import FakePipe, fake_record
 
 
 def test_room_is_made_before_the_load_for_the_size_the_headers_give():
@@ -37,7 +22,7 @@ def test_room_is_made_before_the_load_for_the_size_the_headers_give():
 
     def load(record, progress):
         resident_while_loading.append(len(cache._models))
-        return _Pipe(1000)
+        return FakePipe(1000)
 
     cache = ModelCache(load, 1000 * 4 / GIB, max_loras=2, estimate=lambda record: 4000)
     cache.model(fake_record("a", "main"))
@@ -47,9 +32,9 @@ def test_room_is_made_before_the_load_for_the_size_the_headers_give():
 
 def test_a_model_over_the_whole_budget_loads_alone_with_a_warning(caplog):
     cache = ModelCache(
-        lambda record, progress: _Pipe(1000), 1000 * 4 / GIB, 2, estimate=lambda r: 8000
+        lambda record, progress: FakePipe(1000), 1000 * 4 / GIB, 2, estimate=lambda r: 8000
     )
-    small = ModelCache(lambda record, progress: _Pipe(1000), 1.0, 2, estimate=lambda r: 4000)
+    small = ModelCache(lambda record, progress: FakePipe(1000), 1.0, 2, estimate=lambda r: 4000)
     with caplog.at_level(logging.WARNING, logger="loraworks.generation.cache"):
         small.model(fake_record("fits", "main"))
         assert caplog.records == []
