@@ -13,7 +13,6 @@ model manager, so that every file meets the same caps, checks and policy.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import boundedjson
 from .errors import WeightFileError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -36,6 +36,8 @@ PEFT_CONFIG_NAME = "adapter_config.json"
 #: alike (real LoRA headers are well under 1 MiB; a big kohya ``ss_tag_frequency`` or a
 #: checkpoint's few thousand tensor entries stay far below this)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: a PEFT ``adapter_config.json`` is a few hundred bytes
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def read_header(path: str | os.PathLike) -> Header:
             )
         raw = f.read(n)
     try:
-        parsed = json.loads(raw)
+        parsed = boundedjson.loads(raw, MAX_HEADER_BYTES)
     except (UnicodeDecodeError, ValueError) as e:
         raise refuse(f"header is not valid JSON: {e}") from None
     if not isinstance(parsed, dict):
@@ -166,7 +168,8 @@ def read_peft_config(folder: Path) -> dict[str, Any] | None:
     if not cfg.is_file():
         return None
     try:
-        data = json.loads(cfg.read_text())
+        with cfg.open("rb") as f:
+            data = boundedjson.loads(f.read(MAX_CONFIG_BYTES + 1), MAX_CONFIG_BYTES)
     except (OSError, ValueError) as e:
         raise WeightFileError(f"{cfg}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

@@ -59,6 +59,20 @@ class ServerSettings(_Section):
     token: str | None = None
 
 
+class Limits(_Section):
+    """What one request, install or record may cost; refusals name the setting
+    (`limits.max_steps`), so a user on a small machine knows what to lower or raise."""
+
+    max_side: int = Field(2048, ge=64)
+    max_batch: int = Field(8, ge=1)
+    max_steps: int = Field(150, ge=1)
+    max_queue: int = Field(100, ge=1)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    max_download_gb: float = Field(20.0, gt=0)
+    install_timeout_s: float = Field(3600.0, gt=0)
+    metadata_kept_kb: int = Field(256, ge=1)
+
+
 class Config(_Section):
     generation: GenerationDefaults = GenerationDefaults()
     lcm: LCMPreset = LCMPreset()
@@ -66,6 +80,7 @@ class Config(_Section):
     compute: ComputeSettings = ComputeSettings()
     patch: PatchSettings = PatchSettings()
     server: ServerSettings = ServerSettings()
+    limits: Limits = Limits()
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -117,4 +132,15 @@ strategy = "auto"     # auto: swap when the patched copies fit in memory, else i
 host = "127.0.0.1"
 port = 9090
 # token = "..."       # required for a non-loopback bind; then sent as `Authorization: Bearer`
+
+[limits]              # refusals name the setting to change; a CPU is happier with lower ones
+max_side = 2048       # largest width or height a request may ask for (pixels)
+max_batch = 8         # images per request
+max_steps = 150       # denoising steps per image
+max_queue = 100       # queued and running requests; more are refused with 429
+max_request_bytes = 1048576  # largest request body the server reads (413 above)
+max_download_gb = 20.0       # largest file or repo an install downloads
+install_timeout_s = 3600.0   # an install (path, folder or URL) that takes longer is abandoned
+metadata_kept_kb = 256       # header metadata kept in a record; the largest values beyond this
+                      #   stay in the file only (what the product reads is taken before)
 """

@@ -48,7 +48,7 @@ class ModelManager:
         self.db = db
         self.images = Gallery(db, paths.outputs)
         self.last_scan = ScanReport()  # what the scan at `open` found
-        self._scanner = Scanner(db, paths)
+        self._scanner = Scanner(db, paths, config.limits.metadata_kept_kb * 1024)
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, scan: bool = True) -> ModelManager:
@@ -212,7 +212,11 @@ class ModelManager:
         existing = self.db.by_hash(found.hash)
         if existing is not None:
             return existing.public()
-        facts = card_facts(found.metadata, sidecar_base(found.weights, path))
+        facts = card_facts(
+            found.metadata,
+            sidecar_base(found.weights, path),
+            self.config.limits.metadata_kept_kb * 1024,
+        )
         key = uuid.uuid4().hex
         clean = sanitize_name(name or stem(path))
         stored = StoredModel.from_probe(

@@ -4,20 +4,28 @@ description and preview image.
 Sources, most specific first: the A1111 sidecar `<name>.json` (`activation text`,
 `preferred weight`, `description`), `<name>.txt` (A1111's description file), the
 `modelspec.*` header keys, and kohya's `ss_tag_frequency` (the most frequent caption tags).
+
+JSON in sidecars and header values is parsed with a size and depth limit (`boundedjson`): one
+file nested 100,000 levels deep must be that file's problem, not every scan's. A record keeps
+the header metadata up to `[limits] metadata_kept_kb`; what the product reads from it is taken
+before that, and the rest stays in the file.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loraworks.lora import boundedjson
+
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_TAG_TRIGGERS = 3
 MAX_SIDECAR_BYTES = 1024 * 1024
+#: kohya's tag table for a large dataset is a few MB; beyond this no triggers are taken from it
+MAX_TAG_FREQUENCY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -28,6 +36,8 @@ class CardFacts:
     default_weight: float | None = None
     description: str = ""
     preview_path: Path | None = None
+    #: the header metadata the record keeps (`kept_metadata`)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def split_words(text: str) -> list[str]:
@@ -39,8 +49,8 @@ def split_words(text: str) -> list[str]:
 def triggers_from_tag_frequency(raw: str) -> list[str]:
     """The most frequent tags of kohya's `ss_tag_frequency` ({dataset: {tag: count}})."""
     try:
-        table = json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
+        table = boundedjson.loads(raw, MAX_TAG_FREQUENCY_BYTES)
+    except (ValueError, TypeError):
         return []
     if not isinstance(table, dict):
         return []
@@ -67,8 +77,10 @@ def _read_sidecar_json(path: Path) -> dict:
     if not path.is_file() or path.stat().st_size > MAX_SIDECAR_BYTES:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except json.JSONDecodeError:
+        data = boundedjson.loads(
+            path.read_text(encoding="utf-8", errors="replace"), MAX_SIDECAR_BYTES
+        )
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -90,10 +102,26 @@ def find_preview(stem: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def card_facts(metadata: dict[str, str], stem: Path) -> CardFacts:
-    """Facts for the model whose sidecars are named `stem` + suffix."""
+def kept_metadata(metadata: dict[str, str], budget: int) -> dict[str, str]:
+    """The entries a record keeps: all of them when they fit `budget` bytes, else the smallest
+    first until it is spent (a 60 MB `ss_tag_frequency` made every record lookup read it)."""
+    sizes = {key: len(key) + len(str(value)) for key, value in metadata.items()}
+    if sum(sizes.values()) <= budget:
+        return dict(metadata)
+    kept: set[str] = set()
+    for key in sorted(metadata, key=sizes.__getitem__):
+        if sizes[key] > budget:
+            break
+        budget -= sizes[key]
+        kept.add(key)
+    return {key: value for key, value in metadata.items() if key in kept}
+
+
+def card_facts(metadata: dict[str, str], stem: Path, kept_bytes: int) -> CardFacts:
+    """Facts for the model whose sidecars are named `stem` + suffix, and the metadata its
+    record keeps (`kept_bytes` of it)."""
     sidecar = _read_sidecar_json(stem.with_name(stem.name + ".json"))
-    facts = CardFacts(preview_path=find_preview(stem))
+    facts = CardFacts(preview_path=find_preview(stem), metadata=kept_metadata(metadata, kept_bytes))
     activation = sidecar.get("activation text")
     if isinstance(activation, str) and split_words(activation):
         facts.trigger_words = split_words(activation)

@@ -1,9 +1,12 @@
 """Bringing records in line with the drop folders: new files are probed and recorded, known
 ones skipped by size+mtime, duplicates reported, vanished ones marked `missing`, unusable ones
-recorded as `error` with the reason."""
+recorded as `error` with the reason. Each file is scanned in isolation: whatever goes wrong with
+one (even an error no check foresaw) is that file's error record, never a failed scan, so the
+server and `models list` still start and the other files are still imported."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import uuid
@@ -19,6 +22,8 @@ from loraworks.models.probe import content_hash, probe
 from loraworks.models.records import Duplicate, ModelType, ScanReport
 from loraworks.models.stored import StoredModel, now
 
+log = logging.getLogger(__name__)
+
 
 def stem(path: Path) -> str:
     """The model's own name part: a folder's name, a file's name without suffix."""
@@ -32,9 +37,10 @@ def reason(exc: BaseException) -> str:
 class Scanner:
     """One per manager; scans are serialised (the server's watcher and requests share it)."""
 
-    def __init__(self, db: Database, paths: RootPaths) -> None:
+    def __init__(self, db: Database, paths: RootPaths, kept_bytes: int) -> None:
         self.db = db
         self.paths = paths
+        self.kept_bytes = kept_bytes  # header metadata a record keeps
         self._lock = threading.Lock()
 
     def scan(self, full: bool = False) -> ScanReport:
@@ -53,7 +59,11 @@ class Scanner:
             for folder, kind in folders:
                 for path in autoimport.candidates(folder):
                     seen.add(path)
-                    self._scan_one(path, kind, full, skipped.get(str(path)), report)
+                    try:
+                        self._scan_one(path, kind, full, skipped.get(str(path)), report)
+                    except Exception as exc:
+                        log.exception("autoimport: %s could not be scanned", path)
+                        self._record_unforeseen(path, kind, exc, report)
             self._mark_missing(seen, report)
             return report
 
@@ -101,7 +111,7 @@ class Scanner:
         except ModelError as exc:
             self._record_error(path, kind, fp, digest, reason(exc), stored, report)
             return
-        facts = card_facts(found.metadata, sidecar_base(found.weights, path))
+        facts = card_facts(found.metadata, sidecar_base(found.weights, path), self.kept_bytes)
         if stored is None:
             new = StoredModel.from_probe(
                 uuid.uuid4().hex, found, path, facts, sanitize_name(stem(path)), True, fp
@@ -140,6 +150,17 @@ class Scanner:
             if m.in_place:
                 return m
         return None
+
+    def _record_unforeseen(
+        self, path: Path, kind: ModelType, exc: Exception, report: ScanReport
+    ) -> None:
+        """An error record for a file whose scan failed in a way no check foresaw."""
+        try:
+            fp = autoimport.fingerprint(path)
+        except OSError:
+            return  # vanished meanwhile
+        why = f"could not be read ({type(exc).__name__}: {reason(exc)})"
+        self._record_error(path, kind, fp, None, why, self.db.by_path(path), report)
 
     def _record_error(
         self,

@@ -119,7 +119,7 @@ def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) 
         "size": fp.size,
         "mtime_ns": fp.mtime_ns,
         "is_lcm": found.is_lcm,
-        "metadata": found.metadata,
+        "metadata": facts.metadata,
         "preview_path": facts.preview_path,
         "trigger_words": facts.trigger_words,
         "default_weight": facts.default_weight,

@@ -3,12 +3,13 @@ component routing, PEFT configs."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from .. import boundedjson
 from ..bases import COMPONENTS
 from ..errors import LoRAFormatError
+from ..files import MAX_CONFIG_BYTES
 from ..layers import Convention, Tensor, leaf_heads, spellings
 
 # Old diffusers attention-processor LoRA: "<attn>.processor.to_q_lora.down.weight".
@@ -144,7 +145,7 @@ def diffusers_metadata_configs(metadata: dict[str, str]) -> dict[str, dict]:
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = boundedjson.loads(raw, MAX_CONFIG_BYTES)
     except ValueError as e:
         raise LoRAFormatError(f"lora_adapter_metadata is not valid JSON ({e})") from None
     if not isinstance(data, dict):
