@@ -172,7 +172,9 @@ class ModelManager:
     def remove(self, key: str, delete_files: bool | None = None) -> ModelRecord:
         """Forget a model. Copies under `models/` are deleted; in-place files are kept unless
         `delete_files`, except drop-folder files, which are deleted so a rescan does not bring
-        them back."""
+        them back. Nothing outside the models root is ever deleted: a drop-folder entry that
+        is a link loses the link, not its target, and a file reached through a linked folder
+        stays (the next scan records it again until the link is removed)."""
         stored = self._stored(key)
         if delete_files is None:
             delete_files = not stored.in_place or self.paths.in_autoimport(stored.path)
@@ -180,8 +182,8 @@ class ModelManager:
             self.db.delete_model(c, stored.key)
         if not stored.in_place:
             discard(self.paths.models, stored.key)
-        elif delete_files:
-            _delete_path(stored.path)
+        elif delete_files and not _delete_inside(stored.path, self.paths.root):
+            log.warning("kept %s: it lies outside the models root", stored.path)
         return stored.public()
 
     # --- installing -----------------------------------------------------------------------
@@ -331,10 +333,17 @@ def _remote_name(source: str) -> str:
     return source.rstrip("/").split("/")[-1].split("?")[0].rsplit(".", 1)[0]
 
 
-def _delete_path(path: Path) -> None:
+def _delete_inside(path: Path, root: Path) -> bool:
+    """Delete `path` if the entry itself lies inside `root` once links are resolved; a link is
+    removed, never what it points to. Returns whether it was ours to delete."""
     import shutil
 
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+    if not path.parent.resolve().is_relative_to(root.resolve()):
+        return False  # reached through a linked folder: the entry lives elsewhere
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)  # does not follow links inside
     else:
         path.unlink(missing_ok=True)
+    return True
