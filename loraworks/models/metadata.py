@@ -1,5 +1,6 @@
 """Card facts from a model's header and its sidecar files: trigger words, preferred weight,
-description and preview image.
+description and preview image. Sidecars are read only as `sidecars` allows (regular files in
+their own folder, never a link to elsewhere).
 
 Sources, most specific first: the A1111 sidecar `<name>.json` (`activation text`,
 `preferred weight`, `description`), `<name>.txt` (A1111's description file), the
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraworks.lora import boundedjson
+from loraworks.models import sidecars
 
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_TAG_TRIGGERS = 3
@@ -73,13 +75,15 @@ def sidecar_base(weights: Path, model_path: Path) -> Path:
     return model_path if model_path.is_dir() else weights.with_suffix("")
 
 
+def _read_sidecar_text(path: Path) -> str | None:
+    data = sidecars.read(path, MAX_SIDECAR_BYTES)
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
 def _read_sidecar_json(path: Path) -> dict:
-    if not path.is_file() or path.stat().st_size > MAX_SIDECAR_BYTES:
-        return {}
+    text = _read_sidecar_text(path)
     try:
-        data = boundedjson.loads(
-            path.read_text(encoding="utf-8", errors="replace"), MAX_SIDECAR_BYTES
-        )
+        data = boundedjson.loads(text, MAX_SIDECAR_BYTES) if text is not None else None
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -99,7 +103,8 @@ def find_preview(stem: Path) -> Path | None:
     candidates += [stem.with_name(stem.name + ".preview" + ext) for ext in PREVIEW_SUFFIXES]
     if stem.is_dir():
         candidates += [stem / ("preview" + ext) for ext in PREVIEW_SUFFIXES]
-    return next((c for c in candidates if c.is_file()), None)
+    usable = (c for c in candidates if sidecars.usable(c, sidecars.MAX_PREVIEW_BYTES))
+    return next(usable, None)
 
 
 def kept_metadata(metadata: dict[str, str], budget: int) -> dict[str, str]:
@@ -134,8 +139,8 @@ def card_facts(metadata: dict[str, str], stem: Path, kept_bytes: int) -> CardFac
     txt = stem.with_name(stem.name + ".txt")
     if isinstance(description, str) and description.strip():
         facts.description = description.strip()
-    elif txt.is_file() and txt.stat().st_size <= MAX_SIDECAR_BYTES:
-        facts.description = txt.read_text(encoding="utf-8", errors="replace").strip()
+    elif (text := _read_sidecar_text(txt)) is not None:
+        facts.description = text.strip()
     elif metadata.get("modelspec.description"):
         facts.description = metadata["modelspec.description"].strip()
     return facts

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraworks.models import sidecars
 from loraworks.models.records import BaseName, ModelRecord, ModelType, ScanReport
 from loraworks.server.errors import ApiError
 from loraworks.server.state import ServerState, server_state
@@ -112,6 +113,10 @@ def delete_model(key: str, state: State) -> dict[str, str]:
 def model_preview(key: str, state: State) -> FileResponse:
     record = state.manager.get(key)
     path = Path(record.preview_path) if record.preview_path else None
-    if path is None or path.suffix.lower() not in PREVIEW_SUFFIXES or not path.is_file():
+    if (
+        path is None
+        or path.suffix.lower() not in PREVIEW_SUFFIXES
+        or not sidecars.usable(path, sidecars.MAX_PREVIEW_BYTES)
+    ):
         raise ApiError(404, f"Model {record.name!r} has no preview image.")
-    return FileResponse(path)
+    return FileResponse(path.resolve())
