@@ -86,7 +86,7 @@ def test_a_sidecar_linked_to_proc_environ_is_not_read(api):
 
 
 def test_a_fifo_sidecar_does_not_block_the_scan(api):
-    client, mm = api
+    _, mm = api
     model = write(mm.paths.autoimport_lora / "f.safetensors", kohya_sd1_tensors(4))
     os.mkfifo(model.with_suffix(".txt"))
     os.mkfifo(model.with_suffix(".json"))
@@ -98,7 +98,7 @@ def test_a_fifo_sidecar_does_not_block_the_scan(api):
 
 
 def test_a_link_to_a_lora_file_still_installs_reading_only_that_file(api, tmp_path):
-    client, mm = api
+    _, mm = api
     elsewhere = tmp_path / "elsewhere"
     target = write(elsewhere / "z.safetensors", kohya_sd1_tensors(5))
     (elsewhere / "z.txt").write_text(SECRET)
