@@ -68,7 +68,7 @@ class Limits(_Section):
     max_steps: int = Field(150, ge=1)
     max_queue: int = Field(100, ge=1)
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
-    max_download_gb: float = Field(20.0, gt=0)
+    max_install_gb: float = Field(20.0, gt=0)
     install_timeout_s: float = Field(3600.0, gt=0)
     metadata_kept_kb: int = Field(256, ge=1)
 
@@ -139,7 +139,7 @@ max_batch = 8         # images per request
 max_steps = 150       # denoising steps per image
 max_queue = 100       # queued and running requests; more are refused with 429
 max_request_bytes = 1048576  # largest request body the server reads (413 above)
-max_download_gb = 20.0       # largest file or repo an install downloads
+max_install_gb = 20.0        # largest file, folder or download an install takes
 install_timeout_s = 3600.0   # an install (path, folder or URL) that takes longer is abandoned
 metadata_kept_kb = 256       # header metadata kept in a record; the largest values beyond this
                       #   stay in the file only (what the product reads is taken before)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from loraworks.models.errors import ModelError
 from loraworks.models.progress import CHUNK_BYTES, ByteCounter, ProgressCallback
 
 TMP_PREFIX = ".tmp-"
@@ -26,6 +27,8 @@ _KEY = re.compile(r"[0-9a-f]{32}")
 # Test hook for the crash-safety tests: "<stage>:<seconds>" sleeps at that stage
 # ("before-rename" or "after-rename") so a test can kill the process there.
 PAUSE_ENV = "LORAWORKS_TEST_INSTALL_PAUSE"
+#: diffusers pipelines nest 2 deep; more than this is not a model folder
+MAX_COPY_DEPTH = 16
 
 
 def _pause_at(stage: str) -> None:
@@ -61,10 +64,24 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _size(path: Path) -> int:
+def _checked(path: Path, depth: int) -> Path:
+    """`path` if the copy may read it (see the module docstring), else a `ModelError`."""
+    if depth > MAX_COPY_DEPTH:
+        raise ModelError(f"{path}: folders nested more than {MAX_COPY_DEPTH} deep; not copied")
+    if path.is_symlink() and path.is_dir():
+        raise ModelError(
+            f"{path}: a link to a folder inside a model folder (a loop, or files from "
+            "elsewhere); not copied"
+        )
+    if not path.is_dir() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file (a FIFO, socket or device); not copied")
+    return path
+
+
+def _size(path: Path, depth: int = 0) -> int:
     """Bytes `_copy_synced` copies from `path` (it walks folders the same way)."""
-    if path.is_dir():
-        return sum(_size(child) for child in path.iterdir())
+    if _checked(path, depth).is_dir():
+        return sum(_size(child, depth + 1) for child in path.iterdir())
     return path.stat().st_size
 
 
@@ -89,11 +106,11 @@ def _copy_file(src: Path, dst: Path, counter: ByteCounter) -> None:
             counter.add(count, src.name)
 
 
-def _copy_synced(src: Path, dst: Path, counter: ByteCounter) -> None:
-    if src.is_dir():
+def _copy_synced(src: Path, dst: Path, counter: ByteCounter, depth: int = 0) -> None:
+    if _checked(src, depth).is_dir():
         dst.mkdir()
         for child in sorted(src.iterdir()):
-            _copy_synced(child, dst / child.name, counter)
+            _copy_synced(child, dst / child.name, counter, depth + 1)
         _fsync_path(dst)
     else:
         _copy_file(src, dst, counter)

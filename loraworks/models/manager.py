@@ -18,6 +18,7 @@ from loraworks.models import autoimport
 from loraworks.models.config import Config
 from loraworks.models.database import Database
 from loraworks.models.errors import ModelError, ModelNotFound
+from loraworks.models.guard import InstallGuard
 from loraworks.models.images import Gallery
 from loraworks.models.install import clean_leftovers, copy_into, discard, install_lock
 from loraworks.models.metadata import card_facts, sidecar_base
@@ -195,20 +196,39 @@ class ModelManager:
         name: str | None = None,
         type: ModelType | None = None,
         progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> ModelRecord:
         """Install a file, folder, URL or Hugging Face repo id; return its record.
 
         Same content already installed → the existing record is returned unchanged.
         `progress` receives an `InstallProgress` per step (download, probe, hash, copy).
+        Setting `cancel`, running past `limits.install_timeout_s` or a source over
+        `limits.max_install_gb` stops the install and leaves nothing behind.
         """
-        text = str(source)
+        limits = self.config.limits
+        guard = InstallGuard(
+            timeout_s=limits.install_timeout_s,
+            max_bytes=int(limits.max_install_gb * 2**30),
+            cancel=cancel or threading.Event(),
+            progress=progress,
+        )
+        return self._install(str(source), copy, name, type, guard)
+
+    def _install(
+        self, text: str, copy: bool, name: str | None, type: ModelType | None, guard: InstallGuard
+    ) -> ModelRecord:
+        guard.check()
         if is_remote(text) and not Path(text).expanduser().exists():
-            with fetch_remote(text, self.paths.cache, progress) as local:
-                name = name or _remote_name(text)
-                return self.install(local, copy=True, name=name, type=type, progress=progress)
+            with fetch_remote(text, self.paths.cache, guard) as local:
+                return self._install(str(local), True, name or _remote_name(text), type, guard)
         path = Path(text).expanduser().resolve()
-        ByteCounter(progress, "probe", None).add(0, path.name)
-        found = probe(path, expect=type, progress=progress)
+        try:
+            fingerprint = autoimport.fingerprint(path)
+        except OSError:
+            raise ModelError(f"{path}: no such file or folder") from None
+        guard.check_size(fingerprint.size, path.name)
+        ByteCounter(guard, "probe", None).add(0, path.name)
+        found = probe(path, expect=type, progress=guard)
         if type is not None and found.type != type:
             raise ModelError(f"{path.name}: is a {found.type} model, not a {type}")
         existing = self.db.by_hash(found.hash)
@@ -221,9 +241,8 @@ class ModelManager:
         )
         key = uuid.uuid4().hex
         clean = sanitize_name(name or stem(path))
-        stored = StoredModel.from_probe(
-            key, found, path, facts, clean, not copy, autoimport.fingerprint(path)
-        )
+        stored = StoredModel.from_probe(key, found, path, facts, clean, not copy, fingerprint)
+        guard.check()
         if not copy:
             return self.db.insert_new(stored).public()
         extras = {}
@@ -231,7 +250,7 @@ class ModelManager:
             extras["preview" + facts.preview_path.suffix.lower()] = facts.preview_path
         with install_lock(self.paths.install_lock, exclusive=False):
             copied = copy_into(
-                self.paths.models, key, path, sanitize_name(path.name), extras, progress
+                self.paths.models, key, path, sanitize_name(path.name), extras, guard
             )
             preview = next(iter(extras), None)
             stored = stored.model_copy(

@@ -117,6 +117,10 @@ def probe(
             f"{path.name}: a folder that is neither a diffusers model (model_index.json) nor a "
             f"LoRA ({' / '.join(LORA_WEIGHT_NAMES)})"
         )
+    if not path.is_file():
+        raise ModelError(
+            f"{path.name}: not a regular file (a FIFO, socket or device); refusing to read it"
+        )
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ModelError(
             f"{path.name}: unsupported file type '{path.suffix}' "

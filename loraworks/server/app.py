@@ -23,6 +23,7 @@ from loraworks.models import ModelManager
 from loraworks.server.auth import TokenAuth
 from loraworks.server.errors import install_handlers
 from loraworks.server.events import EventBus
+from loraworks.server.installs import InstallRunner
 from loraworks.server.journal import QueueJournal
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
 from loraworks.server.routes import images, models, queue, settings
@@ -83,7 +84,9 @@ def create_app(
     bus = EventBus()
     journal = QueueJournal(manager.paths.databases / "queue.json")
     generation_queue = GenerationQueue(_runner(manager, generate), bus, journal)
-    state = ServerState(manager=manager, queue=generation_queue, bus=bus)
+    state = ServerState(
+        manager=manager, queue=generation_queue, bus=bus, installs=InstallRunner(manager)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +101,7 @@ def create_app(
             yield
         finally:
             stop_watching.set()
+            state.installs.shutdown()
             state.queue.stop()
 
     app = FastAPI(

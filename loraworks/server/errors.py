@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loraworks.generation.errors import GenerationError, UnusableModel
 from loraworks.lora import LoRABaseMismatch, LoRAError
 from loraworks.models.errors import ModelError, ModelNotFound
+from loraworks.models.guard import InstallTimedOut, InstallTooLarge
 
 log = logging.getLogger("loraworks.server")
 
@@ -81,6 +82,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnusableModel)
     async def _unusable(_: Request, exc: UnusableModel) -> JSONResponse:
         return error_response(409, str(exc))
+
+    for refusal, status in ((InstallTimedOut, 408), (InstallTooLarge, 413)):
+
+        @app.exception_handler(refusal)
+        async def _install_refused(
+            _: Request, exc: Exception, status: int = status
+        ) -> JSONResponse:
+            return error_response(status, str(exc))
 
     @app.exception_handler(LoRABaseMismatch)
     async def _base_mismatch(_: Request, exc: LoRABaseMismatch) -> JSONResponse:

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from loraworks.models import ModelManager
 from loraworks.server.events import EventBus
+from loraworks.server.installs import InstallRunner
 from loraworks.server.queue import GenerationQueue
 
 
@@ -16,6 +17,7 @@ class ServerState:
     manager: ModelManager
     queue: GenerationQueue
     bus: EventBus
+    installs: InstallRunner
 
 
 def server_state(request: Request) -> ServerState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,9 +80,11 @@ def get_model(key: str, state: State) -> ModelOut:
 
 
 @router.post("/install", status_code=201)
-def install_model(body: InstallRequest, state: State) -> ModelOut:
-    """Install a file, folder, URL or repo id; refused with the reason if it is not a model."""
-    return ModelOut.of(state.manager.install(body.source, copy=body.copy_into_root))
+async def install_model(body: InstallRequest, state: State, request: Request) -> ModelOut:
+    """Install a file, folder, URL or repo id; refused with the reason if it is not a model.
+    Runs off the request threads, within `limits.install_timeout_s` (408 after it)."""
+    record = await state.installs.install(request, body.source, body.copy_into_root)
+    return ModelOut.of(record)
 
 
 @router.post("/scan")
