@@ -23,6 +23,7 @@ from loraworks.models import ModelManager
 from loraworks.server.auth import TokenAuth
 from loraworks.server.errors import install_handlers
 from loraworks.server.events import EventBus
+from loraworks.server.hosts import LoopbackOnly
 from loraworks.server.installs import InstallRunner
 from loraworks.server.journal import QueueJournal
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
@@ -116,4 +117,6 @@ def create_app(
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     if token:
         app.add_middleware(TokenAuth, token=token)
+    else:
+        app.add_middleware(LoopbackOnly)
     return app

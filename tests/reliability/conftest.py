@@ -12,6 +12,7 @@ from loraworks.models import ModelManager
 from loraworks.server.app import create_app
 from tests.fixtures.models import build_components
 from tests.reliability.outcomes import Model
+from tests.server.conftest import LOCAL_URL
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +43,7 @@ def _no_generation(*args, **kwargs):
 @pytest.fixture(scope="module")
 def client(manager) -> Iterator[TestClient]:
     app = create_app(manager, start_worker=False, generate=_no_generation)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL_URL) as test_client:
         yield test_client
 
 

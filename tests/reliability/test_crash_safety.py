@@ -20,7 +20,7 @@ from loraworks.server.app import create_app
 from tests.models.lora_files import kohya_sd1_tensors
 from tests.reliability.crash import assert_consistent, kill, start, wait_for_line
 from tests.reliability.root import MAIN, request
-from tests.server.conftest import free_port
+from tests.server.conftest import LOCAL_URL, free_port
 
 _INSTALL = """
 import sys
@@ -148,7 +148,7 @@ def test_sigkill_during_generation_in_the_server(tmp_path, sd1_root):
         kill(proc)
     mm = assert_consistent(root)
     assert mm.images.count() == 0
-    with TestClient(create_app(mm, start_worker=False)) as client:
+    with TestClient(create_app(mm, start_worker=False), base_url=LOCAL_URL) as client:
         response = client.get(f"/api/queue/{item_id}")
     mm.close()
     assert response.status_code == 200, "the interrupted item is gone after the restart"

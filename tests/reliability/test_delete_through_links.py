@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from loraworks.models import ModelManager
 from loraworks.server.app import create_app
 from tests.models.lora_files import kohya_sd1_tensors, write
+from tests.server.conftest import LOCAL_URL
 
 
 def _pipeline_folder(folder: Path) -> Path:
@@ -44,7 +45,7 @@ def linked(tmp_path) -> Iterator[tuple[TestClient, ModelManager, Path]]:
     (root / "autoimport" / "main" / "linked").symlink_to(elsewhere / "main-dir")
     (root / "autoimport" / "main" / "pipe2").symlink_to(elsewhere / "pipe2")
     mm = ModelManager.open(root)
-    with TestClient(create_app(mm, start_worker=False), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(mm, start_worker=False), base_url=LOCAL_URL) as client:
         yield client, mm, elsewhere
     mm.close()
 

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from loraworks.models import ModelManager
 from loraworks.server.app import create_app
 from tests.models.lora_files import kohya_sd1_tensors, write
+from tests.server.conftest import LOCAL_URL
 
 SECRET = "TOP-SECRET-sidecar-target"
 PNG = b"\x89PNG\r\n\x1a\n" + SECRET.encode()
@@ -43,7 +44,7 @@ def _link_sidecars(model: Path, targets: dict[str, Path]) -> None:
 @pytest.fixture
 def api(tmp_path) -> Iterator[tuple[TestClient, ModelManager]]:
     mm = ModelManager.open(tmp_path / "root", scan=False)
-    with TestClient(create_app(mm, start_worker=False), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(mm, start_worker=False), base_url=LOCAL_URL) as client:
         yield client, mm
     mm.close()
 

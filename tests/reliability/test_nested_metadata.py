@@ -19,6 +19,7 @@ from loraworks.models import ModelManager
 from loraworks.models import scanning as scanning_module
 from loraworks.server.app import create_app
 from tests.models.lora_files import kohya_metadata, kohya_sd1_tensors, write
+from tests.server.conftest import LOCAL_URL
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -62,7 +63,7 @@ def test_nested_metadata_does_not_stop_the_scan_or_the_root(hostile_root):
 def test_nested_metadata_through_the_api(hostile_root, tmp_path):
     mm = ModelManager.open(hostile_root)
     try:
-        with TestClient(create_app(mm, start_worker=False), base_url="http://127.0.0.1") as api:
+        with TestClient(create_app(mm, start_worker=False), base_url=LOCAL_URL) as api:
             assert api.post("/api/models/scan").status_code == 200
             nested = _nested_header_file(tmp_path / "nested.safetensors")
             answer = api.post("/api/models/install", json={"source": str(nested)})

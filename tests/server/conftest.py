@@ -23,6 +23,10 @@ from loraworks.server import create_app
 from tests.fixtures.models import build_pipeline
 from tests.server.loras import write_kohya_lora
 
+#: where a browser on this machine reaches the server; TestClient's default `testserver` is
+#: refused by the DNS-rebinding guard (loraworks/server/hosts.py)
+LOCAL_URL = "http://127.0.0.1"
+
 
 @pytest.fixture(scope="session")
 def sd1_folder(tmp_path_factory) -> Path:
@@ -98,7 +102,7 @@ def fake_generate() -> FakeGenerate:
 
 @pytest.fixture
 def client(manager, fake_generate) -> Iterator[TestClient]:
-    with TestClient(create_app(manager, generate=fake_generate)) as test_client:
+    with TestClient(create_app(manager, generate=fake_generate), base_url=LOCAL_URL) as test_client:
         yield test_client
 
 

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from loraworks.server import create_app
+from tests.server.conftest import LOCAL_URL
 from tests.server.loras import write_clip_l_lora, write_kohya_lora
 
 
@@ -152,7 +153,7 @@ def test_an_unexpected_failure_is_a_500_with_a_message_and_serving_goes_on(
         raise RuntimeError("database is locked")
 
     app = create_app(manager, generate=fake_generate)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL_URL) as client:
         monkeypatch.setattr(manager, "list", broken_list)
         response = client.get("/api/models")
         assert response.status_code == 500

@@ -7,6 +7,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from loraworks.server import create_app
+from tests.server.conftest import LOCAL_URL
 from tests.server.loras import write_clip_l_lora, write_kohya_lora
 from tests.server.sse import read_events
 
@@ -44,7 +45,7 @@ def test_enqueue_runs_and_streams_queued_started_steps_done(client, fake_generat
 
 def test_a_live_reader_sees_every_step(manager, fake_generate):
     fake_generate.gate.clear()  # hold the worker until the stream is open
-    with TestClient(create_app(manager, generate=fake_generate)) as client:
+    with TestClient(create_app(manager, generate=fake_generate), base_url=LOCAL_URL) as client:
         item = _enqueue(client)
         events = read_events(client, item["id"], after_first=fake_generate.gate.set)
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
@@ -62,7 +63,7 @@ def test_items_run_in_order_and_are_listed(client, fake_generate):
 
 def test_cancel_a_queued_item_before_it_runs(manager, fake_generate):
     app = create_app(manager, generate=fake_generate, start_worker=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL_URL) as client:
         item = _enqueue(client)
         assert client.get(f"/api/queue/{item['id']}").json()["status"] == "queued"
         cancelled = client.post(f"/api/queue/{item['id']}/cancel")
@@ -75,7 +76,7 @@ def test_cancel_a_queued_item_before_it_runs(manager, fake_generate):
 
 def test_cancel_a_running_item(manager, fake_generate):
     fake_generate.gate.clear()
-    with TestClient(create_app(manager, generate=fake_generate)) as client:
+    with TestClient(create_app(manager, generate=fake_generate), base_url=LOCAL_URL) as client:
         item = _enqueue(client)
         assert fake_generate.entered.wait(10)  # the worker has picked it up
         response = client.post(f"/api/queue/{item['id']}/cancel")
