@@ -74,7 +74,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fuzz-"))
     mm = ModelManager.open(work / "root")
     scan_mm = ModelManager.open(work / "scan-root")  # its drop folder gets the scan batches
-    client = TestClient(create_app(mm, start_worker=False, generate=_no_generation))
+    app = create_app(mm, start_worker=False, generate=_no_generation)
+    client = TestClient(app, base_url="http://127.0.0.1")  # a loopback Host (server/hosts.py)
     counts: Counter[str] = Counter()
     failures: list[str] = []
     batch: list = []
