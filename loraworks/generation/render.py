@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from loraworks.generation.conditioning import ConditioningCache, encode_prompt
+from loraworks.generation.conditioning import ConditioningCache, PromptEmbeddings, encode_prompt
 from loraworks.generation.denoise import (
     DenoiseJob,
     StepCallback,
@@ -35,6 +35,8 @@ class RenderSettings:
     seed: int
     init_image: Path | None = None
     strength: float = 1.0
+    #: textual-inversion embeddings the prompts may use (None: none)
+    embeddings: PromptEmbeddings | None = None
 
 
 def with_native_size(pipe: Any, s: RenderSettings) -> RenderSettings:
@@ -65,7 +67,7 @@ def render(
     """`conds`: the loaded model's cache of encoded prompts (None: encode afresh)."""
     guided = s.cfg > 1.0
     encode = conds.encode if conds is not None else encode_prompt
-    cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height)
+    cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height, s.embeddings)
     init = Image.open(s.init_image) if s.init_image is not None else None
     job = DenoiseJob(
         scheduler=build_scheduler(s.scheduler, pipe.scheduler.config),

@@ -142,8 +142,15 @@ def read_weights(path: str | os.PathLike, header: Header | None = None) -> Weigh
 
 
 def _read_pickle(path: Path) -> WeightFile:
+    return pickle_weights(path, load_pickle(path))
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """A pickle's object as ``torch.load(weights_only=True)`` gives it (nested containers
+    kept: textual-inversion files hold their vectors one level down); refused otherwise."""
+    path = Path(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightFileError(
@@ -151,6 +158,10 @@ def _read_pickle(path: Path) -> WeightFile:
             f"torch.load(weights_only=True) accepts ({reason}); convert it to .safetensors",
             unsafe=True,
         ) from None
+
+
+def pickle_weights(path: Path, obj: Any) -> WeightFile:
+    """A loaded pickle's tensors under the policy of the module docstring."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

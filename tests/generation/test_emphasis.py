@@ -154,7 +154,7 @@ def test_a_full_row_ends_after_a_late_comma(pipes):
     ids = tok(prompt, add_special_tokens=False).input_ids
     rows = _rows(tok, prompt)
     texts = []
-    for row, _ in rows:
+    for row, *_ in rows:
         body = row[0, 1:].tolist()
         texts.append(body[: body.index(tok.eos_token_id)])
     assert [t for text in texts for t in text] == ids and len(texts) == 2

@@ -7,6 +7,8 @@ UNet). SD1/SD2 UNet names are diffusers names; kohya SDXL UNet names are sgm nam
 kohya prefix with diffusers names on any base. Maths: LyCORIS conventions (alpha in the file).
 The record's format is ``kohya`` unless ``ss_network_module`` names LyCORIS or a layer kind
 only LyCORIS writes is present (`Layer.format`): then ``lycoris``, with or without metadata.
+Textual-inversion embeddings bundled in the file (``bundle_emb.<name>.…``, kohya and A1111)
+are not layers: they are left to `loraworks.embeddings`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("lora_te_", "text_encoder"),
     ("lycoris_", "unet"),
 )
+#: keys of embeddings bundled in a LoRA file (read by `loraworks.embeddings`)
+BUNDLED_EMBEDDING_PREFIX = "bundle_emb."
 
 
 def _split_prefix(key: str) -> tuple[str, str] | None:
@@ -43,6 +47,8 @@ def convert(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = Non
     unknown: list[str] = []
     sgm = diffusers_names = False
     for key, tensor in state_dict.items():
+        if key.startswith(BUNDLED_EMBEDDING_PREFIX):
+            continue
         hit = _split_prefix(key)
         if hit is None or "." not in key:
             unknown.append(key)
