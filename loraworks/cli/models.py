@@ -32,6 +32,7 @@ class TypeChoice(StrEnum):
     main = "main"
     lora = "lora"
     vae = "vae"
+    embedding = "embedding"
 
 
 class BaseChoice(StrEnum):
@@ -100,9 +101,13 @@ def _status(record) -> str:
 
 
 def _format(record: ModelRecord) -> str:
-    """The key family and, for a LoRA, its layer kinds: `kohya (loha ×120)`."""
-    kinds = ", ".join(f"{kind} ×{n}" for kind, n in record.layer_kinds.items())
-    return f"{record.format} ({kinds})" if kinds else record.format
+    """The key family and, for a LoRA, its layer kinds and bundled embeddings: `kohya (loha
+    ×120, embedding zkstar)`; for an embedding, its vector count: `a1111 (8 vectors)`."""
+    parts = [f"{kind} ×{n}" for kind, n in record.layer_kinds.items()]
+    parts += [f"embedding {e.name}" for e in record.bundled_embeddings]
+    if record.vectors is not None:
+        parts.append(f"{record.vectors} vector{'s' if record.vectors != 1 else ''}")
+    return f"{record.format} ({', '.join(parts)})" if parts else record.format
 
 
 def _base(record: ModelRecord) -> str:

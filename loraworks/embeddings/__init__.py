@@ -10,14 +10,22 @@ from .errors import (
     EmbeddingValueError,
     TooManyEmbeddings,
 )
-from .formats import convert, flatten, is_bundle_format, is_embedding
+from .formats import Shapes, convert, flatten, is_bundle_format, is_embedding
 from .inject import PLACEHOLDER_ID, check_fits, encoder_of, injected
-from .model import ENCODER_WIDTHS, Embedding, Encoder, base_label, make_embedding
+from .model import (
+    ENCODER_WIDTHS,
+    Embedding,
+    Encoder,
+    base_label,
+    compatible_bases,
+    make_embedding,
+)
 from .read import default_name, read_bundled, read_embedding, read_tensors
-from .triggers import PREFIX, Lexicon
+from .triggers import MAX_USES, PREFIX, Lexicon
 
 __all__ = [
     "ENCODER_WIDTHS",
+    "MAX_USES",
     "PLACEHOLDER_ID",
     "PREFIX",
     "Embedding",
@@ -29,9 +37,11 @@ __all__ = [
     "EmbeddingValueError",
     "Encoder",
     "Lexicon",
+    "Shapes",
     "TooManyEmbeddings",
     "base_label",
     "check_fits",
+    "compatible_bases",
     "convert",
     "default_name",
     "encoder_of",

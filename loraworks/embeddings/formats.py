@@ -6,13 +6,14 @@ A1111's ``{"string_to_param": {"*": t}}`` reads as ``string_to_param.*``) to an 
   ``name``, ``step``… are not tensors and are left out.
 * kohya ``.safetensors``: ``emb_params`` (count × width).
 * SDXL (kohya, A1111, Civitai): ``clip_l`` (768) and ``clip_g`` (1280), equal counts.
-* diffusers ``learned_embeds.bin``/``.safetensors``: ``{token: width or count × width}``.
+* diffusers ``learned_embeds.bin``/``.safetensors``: ``{token: width or count × width}``, the
+  width one a text encoder has.
 * embeddings bundled in a LoRA file (kohya, A1111): ``bundle_emb.<name>.<one of the above>``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,9 +21,12 @@ import torch
 from loraworks.lora.formats.kohya import BUNDLED_EMBEDDING_PREFIX
 
 from .errors import EmbeddingFileError
-from .model import Embedding, make_embedding
+from .model import ENCODER_WIDTHS, Embedding, make_embedding
 
 Tensors = dict[str, torch.Tensor]
+#: a file's tensor shapes by key: what the predicates read (a safetensors header gives them
+#: without reading the tensors, so the model manager can tell an embedding from a LoRA)
+Shapes = Mapping[str, tuple[int, ...]]
 A1111_PARAMS = "string_to_param."
 
 
@@ -39,8 +43,8 @@ def flatten(obj: Any, prefix: str = "") -> Tensors:
     return out
 
 
-def is_a1111_format(tensors: Tensors) -> bool:
-    return any(k.startswith(A1111_PARAMS) for k in tensors)
+def is_a1111_format(shapes: Shapes) -> bool:
+    return any(k.startswith(A1111_PARAMS) for k in shapes)
 
 
 def from_a1111(tensors: Tensors, name: str) -> Embedding:
@@ -52,31 +56,36 @@ def from_a1111(tensors: Tensors, name: str) -> Embedding:
     return make_embedding(name, "a1111", terms)
 
 
-def is_sdxl_format(tensors: Tensors) -> bool:
-    return "clip_l" in tensors and "clip_g" in tensors
+def is_sdxl_format(shapes: Shapes) -> bool:
+    return "clip_l" in shapes and "clip_g" in shapes
 
 
 def from_sdxl(tensors: Tensors, name: str) -> Embedding:
     return make_embedding(name, "sdxl", {k: tensors[k] for k in ("clip_l", "clip_g")})
 
 
-def is_kohya_format(tensors: Tensors) -> bool:
-    return "emb_params" in tensors
+def is_kohya_format(shapes: Shapes) -> bool:
+    return "emb_params" in shapes
 
 
 def from_kohya(tensors: Tensors, name: str) -> Embedding:
     return make_embedding(name, "kohya", {"emb_params": tensors["emb_params"]})
 
 
-def is_diffusers_format(tensors: Tensors) -> bool:
-    return len(tensors) == 1 and next(iter(tensors.values())).ndim in (1, 2)
+def is_diffusers_format(shapes: Shapes) -> bool:
+    """One tensor of one or more vectors as wide as a text encoder (any single-tensor file
+    would otherwise pass: a stray ``{"some.weight": 3×3}`` is no embedding)."""
+    if len(shapes) != 1:
+        return False
+    shape = next(iter(shapes.values()))
+    return len(shape) in (1, 2) and shape[-1] in ENCODER_WIDTHS
 
 
 def from_diffusers(tensors: Tensors, name: str) -> Embedding:
     return make_embedding(name, "diffusers", tensors)
 
 
-_CONVERTERS: tuple[tuple[Callable[[Tensors], bool], Callable[[Tensors, str], Embedding]], ...] = (
+_CONVERTERS: tuple[tuple[Callable[[Shapes], bool], Callable[[Tensors, str], Embedding]], ...] = (
     (is_a1111_format, from_a1111),
     (is_sdxl_format, from_sdxl),
     (is_kohya_format, from_kohya),
@@ -84,14 +93,20 @@ _CONVERTERS: tuple[tuple[Callable[[Tensors], bool], Callable[[Tensors, str], Emb
 )
 
 
-def is_embedding(tensors: Tensors) -> bool:
-    """Whether `tensors` are one embedding in a layout above (not a LoRA with bundled ones)."""
-    return not is_bundle_format(tensors) and any(test(tensors) for test, _ in _CONVERTERS)
+def is_embedding(shapes: Shapes) -> bool:
+    """Whether a file of these tensors is one embedding in a layout above (not a LoRA with
+    bundled ones)."""
+    return not is_bundle_format(shapes) and any(test(shapes) for test, _ in _CONVERTERS)
+
+
+def shapes_of(tensors: Tensors) -> Shapes:
+    return {k: tuple(t.shape) for k, t in tensors.items()}
 
 
 def convert(tensors: Tensors, name: str) -> Embedding:
+    shapes = shapes_of(tensors)
     for test, converter in _CONVERTERS:
-        if test(tensors):
+        if test(shapes):
             return converter(tensors, name)
     shown = ", ".join(sorted(tensors)[:5]) or "no tensors"
     raise EmbeddingFileError(
@@ -100,8 +115,8 @@ def convert(tensors: Tensors, name: str) -> Embedding:
     )
 
 
-def is_bundle_format(tensors: Tensors) -> bool:
-    return any(k.startswith(BUNDLED_EMBEDDING_PREFIX) for k in tensors)
+def is_bundle_format(shapes: Shapes) -> bool:
+    return any(k.startswith(BUNDLED_EMBEDDING_PREFIX) for k in shapes)
 
 
 def from_bundle(tensors: Tensors) -> list[Embedding]:

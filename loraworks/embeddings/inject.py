@@ -15,7 +15,7 @@ import torch
 from loraworks.lora.bases import BaseName
 
 from .errors import EmbeddingBaseMismatch
-from .model import ENCODER_WIDTHS, Embedding, Encoder, base_label
+from .model import ENCODER_WIDTHS, Encoder, base_label, compatible_bases
 
 #: the id written where vectors go: never the end token (CLIP pools at the first end token, or
 #: at the highest id for configs from before transformers#24773, which 0 never is)
@@ -27,17 +27,17 @@ def encoder_of(text_encoder: Any) -> Encoder | None:
     return ENCODER_WIDTHS.get(text_encoder.get_input_embeddings().weight.shape[1])
 
 
-def check_fits(embedding: Embedding, label: str, base: BaseName, model: str) -> list[str]:
+def check_fits(embedding_base: BaseName, label: str, base: BaseName, model: str) -> list[str]:
     """Refuses an embedding for another base (naming both); the warning for an SD1 embedding
     on SDXL, whose CLIP-G encoder gets nothing in its place (ComfyUI's behaviour; A1111 drops
     such an embedding without a word)."""
-    if base not in embedding.compatible_bases:
+    if base not in compatible_bases(embedding_base):
         raise EmbeddingBaseMismatch(
-            f"embedding '{label}' is for {base_label(embedding.base)} but the main model "
+            f"embedding '{label}' is for {base_label(embedding_base)} but the main model "
             f"'{model}' is {base_label(base)}; use a {base_label(base)} embedding or a "
-            f"{base_label(embedding.base)} model"
+            f"{base_label(embedding_base)} model"
         )
-    if base == "sdxl" and embedding.base == "sd1":
+    if base == "sdxl" and embedding_base == "sd1":
         return [
             f"embedding '{label}' is an SD1 embedding: on this SDXL model it goes to the CLIP-L "
             "encoder only; the CLIP-G encoder sees the prompt without it"

@@ -45,9 +45,13 @@ class Embedding:
 
     @property
     def compatible_bases(self) -> list[BaseName]:
-        """SD1's CLIP-L is SDXL's first encoder, so an SD1 embedding also serves SDXL (there,
-        its first encoder only, with a warning: `fit_warning`)."""
-        return ["sd1", "sdxl"] if self.base == "sd1" else [self.base]
+        return compatible_bases(self.base)
+
+
+def compatible_bases(base: BaseName) -> list[BaseName]:
+    """SD1's CLIP-L is SDXL's first encoder, so an SD1 embedding also serves SDXL (there, its
+    first encoder only, with a warning: `inject.check_fits`)."""
+    return ["sd1", "sdxl"] if base == "sd1" else [base]
 
 
 def make_embedding(name: str, format: str, raw: Mapping[str, torch.Tensor]) -> Embedding:

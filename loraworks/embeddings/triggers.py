@@ -15,10 +15,13 @@ import re
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
-from .errors import EmbeddingNotFound
+from .errors import EmbeddingNotFound, TooManyEmbeddings
 
 T = TypeVar("T")
 PREFIX = "embedding:"
+#: embedding uses one prompt may hold: each takes token slots and an encoder row may be added
+#: per 75 of them; far above any real prompt, far below a pasted list that would stall the queue
+MAX_USES = 64
 _SUFFIX = r"(?:\.(?:pt|bin|safetensors))?"
 _NAMED = re.compile(r"(?<![\w])embedding:(\S*)", re.IGNORECASE)
 
@@ -69,3 +72,13 @@ class Lexicon(Generic[T]):
                     "embedding:<name> or the embedding's trigger"
                 )
         return [p for p in out if not isinstance(p, str) or p]
+
+    def used(self, text: str) -> list[T]:
+        """The values `text` uses, in order; more than `MAX_USES` raises `TooManyEmbeddings`."""
+        found = [p for p in self.split(text) if not isinstance(p, str)]
+        if len(found) > MAX_USES:
+            raise TooManyEmbeddings(
+                f"the prompt uses embeddings {len(found)} times; at most {MAX_USES} uses are "
+                "allowed in one prompt"
+            )
+        return found

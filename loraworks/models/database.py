@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from loraworks.models.errors import ModelError
 from loraworks.models.names import unique_name
 from loraworks.models.records import ImageRecord
@@ -82,6 +84,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE models ADD COLUMN base_evidence TEXT;
     ALTER TABLE models ADD COLUMN warnings TEXT;
     UPDATE models SET base_evidence = '[]', warnings = '[]' WHERE type != 'lora';
+    """,
+    # 5: textual-inversion embeddings: an embedding's vector count, and the embeddings a LoRA
+    # file carries; LoRA rows stay NULL until the manager re-probes their files on open, as
+    # for migration 2 (no embedding record predates this migration).
+    """
+    ALTER TABLE models ADD COLUMN vectors INTEGER;
+    ALTER TABLE models ADD COLUMN bundled_embeddings TEXT;
+    UPDATE models SET bundled_embeddings = '[]' WHERE type != 'lora';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -161,7 +171,7 @@ class Database:
         return {r[0] for r in rows}
 
     def unprobed_loras(self) -> list[StoredModel]:
-        """LoRA rows from before migrations 2–4: some of `REPROBED_COLUMNS` unknown."""
+        """LoRA rows from before migrations 2–5: some of `REPROBED_COLUMNS` unknown."""
         unknown = " OR ".join(f"{col} IS NULL" for col in REPROBED_COLUMNS)
         return self.models(f"WHERE type = 'lora' AND ({unknown})")
 
@@ -173,7 +183,7 @@ class Database:
         with self.transaction() as c:
             c.execute(
                 f"UPDATE models SET {sets} WHERE key = ?",
-                (*(json.dumps(facts[col]) for col in cols), key),
+                (*(json.dumps(to_jsonable_python(facts[col])) for col in cols), key),
             )
 
     def upsert(self, c: sqlite3.Connection, stored: StoredModel) -> None:

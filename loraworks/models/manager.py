@@ -267,8 +267,9 @@ class ModelManager:
         return stored.public()
 
     def _finish_lora_migrations(self) -> None:
-        """Finish migrations 2–4 once: re-probe LoRAs recorded before records held every
-        base they fit, their layer kinds, the base evidence and the engine's warnings. A file
+        """Finish migrations 2–5 once: re-probe LoRAs recorded before records held every
+        base they fit, their layer kinds, the base evidence, the engine's warnings and the
+        embeddings the file carries. A file
         that is gone, changed or unreadable keeps the defaults (its own base, nothing else);
         the next probe of it (a rescan) records them."""
         rows = self.db.unprobed_loras()
@@ -277,7 +278,7 @@ class ModelManager:
         for stored in rows:
             # the defaults (StoredModel.from_row)
             facts: dict[str, Any] = {"compatible_bases": stored.compatible_bases}
-            facts.update(layer_kinds={}, base_evidence=[], warnings=[])
+            facts.update(layer_kinds={}, base_evidence=[], warnings=[], bundled_embeddings=[])
             if stored.status == "ok":
                 try:
                     found = probe(stored.path, expect="lora")
@@ -320,9 +321,7 @@ class ModelManager:
             if on_scan is not None and report.changed:
                 on_scan(report)
 
-        autoimport.watch(
-            [self.paths.autoimport_lora, self.paths.autoimport_main], rescan, stop_event
-        )
+        autoimport.watch(self.paths.autoimport_folders, rescan, stop_event)
 
     # --- loading --------------------------------------------------------------------------
 

@@ -59,6 +59,15 @@ class RootPaths:
         return self.autoimport / "main"
 
     @property
+    def autoimport_embedding(self) -> Path:
+        return self.autoimport / "embedding"
+
+    @property
+    def autoimport_folders(self) -> list[Path]:
+        """The drop folders, scanned at start-up and watched while the server runs."""
+        return [self.autoimport_lora, self.autoimport_main, self.autoimport_embedding]
+
+    @property
     def cache(self) -> Path:
         """Derived files (e.g. pipeline configs for single-file checkpoints); safe to delete."""
         return self.root / "cache"
@@ -71,7 +80,6 @@ class RootPaths:
             self.databases,
             self.models,
             self.outputs,
-            self.autoimport_lora,
-            self.autoimport_main,
+            *self.autoimport_folders,
         ):
             folder.mkdir(parents=True, exist_ok=True)

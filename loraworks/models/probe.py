@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraworks import lora
+from loraworks import embeddings, lora
 from loraworks.lora.bases import CROSS_ATTENTION_WIDTHS
 from loraworks.lora.files import (
     DIFFUSERS_WEIGHT_NAMES,
@@ -20,11 +20,13 @@ from loraworks.lora.files import (
     PEFT_WEIGHT_NAMES,
     WEIGHT_SUFFIXES,
     is_pickle,
+    load_pickle,
+    pickle_weights,
 )
-from loraworks.models.errors import ModelError
+from loraworks.models.errors import ModelError, UnsafeFileError
 from loraworks.models.hashing import hash_file, hash_files, hash_folder
 from loraworks.models.progress import ProgressCallback
-from loraworks.models.records import BaseName, ModelType
+from loraworks.models.records import BaseName, BundledEmbedding, ModelType
 from loraworks.models.safefiles import model_errors, read_header, read_weights
 
 LORA_WEIGHT_NAMES = DIFFUSERS_WEIGHT_NAMES + PEFT_WEIGHT_NAMES
@@ -64,6 +66,11 @@ class Probe:
     #: `LoRA.warnings`): shown by `models show` and the API
     base_evidence: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: an embedding's vector count, and its trigger when no sidecar names one (its name)
+    vectors: int | None = None
+    triggers: list[str] = field(default_factory=list)
+    #: the embeddings a LoRA file carries (``bundle_emb.*``)
+    bundled_embeddings: list[BundledEmbedding] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.compatible_bases:
@@ -127,7 +134,13 @@ def probe(
             f"(expected one of {', '.join(WEIGHT_SUFFIXES)})"
         )
     if is_pickle(path):  # no header: the tensors are read once, here
-        weights: lora.WeightFile | None = read_weights(path)
+        with model_errors():
+            tree = load_pickle(path)
+        flat = embeddings.flatten(tree)
+        if embeddings.is_embedding({k: tuple(t.shape) for k, t in flat.items()}):
+            return _probe_embedding(path, expect, progress)
+        with model_errors():
+            weights: lora.WeightFile | None = pickle_weights(path, tree)
         shapes = {k: tuple(t.shape) for k, t in weights.tensors.items()}
         metadata: dict[str, str] = {}
         header = None
@@ -137,10 +150,11 @@ def probe(
         shapes = {k: info.shape for k, info in header.tensors.items()}
         metadata = header.metadata
     if any(k.startswith(LDM_UNET_PREFIX) for k in shapes):
-        if expect == "lora":
+        if expect in ("lora", "embedding"):
+            what = "LoRA" if expect == "lora" else "textual-inversion embedding"
             raise ModelError(
-                f"{path.name}: a full model checkpoint, not a LoRA (put it in autoimport/main "
-                f"or install it as a main model)"
+                f"{path.name}: a full model checkpoint, not a {what} (put it in "
+                "autoimport/main or install it as a main model)"
             )
         return Probe(
             type="main",
@@ -149,6 +163,14 @@ def probe(
             hash=content_hash(path, progress),
             weights=path,
             metadata=metadata,
+        )
+    if embeddings.is_embedding(shapes):
+        return _probe_embedding(path, expect, progress)
+    if expect == "embedding":
+        raise ModelError(
+            f"{path.name}: not a textual-inversion embedding (no string_to_param, emb_params, "
+            "clip_l + clip_g or single token vector); LoRAs go in autoimport/lora, main models "
+            "in autoimport/main"
         )
     if expect != "lora" and _looks_like_vae(shapes):
         return Probe(
@@ -160,7 +182,57 @@ def probe(
             metadata=metadata,
         )
     parsed = _load_with_engine(weights or read_weights(path, header), path.name)
-    return _lora_probe(parsed, path, path, path.stem, progress=progress)
+    found = _lora_probe(parsed, path, path, path.stem, progress=progress)
+    if embeddings.is_bundle_format(shapes):
+        _add_bundled(found, path)
+    return found
+
+
+# --- embeddings -----------------------------------------------------------------------------
+
+
+def _read_embeddings(path: Path, read: Any) -> Any:
+    """`read(path)` with the embedding reader's refusals as the manager's errors."""
+    try:
+        return read(path)
+    except embeddings.EmbeddingFileError as exc:
+        raise (UnsafeFileError if exc.unsafe else ModelError)(str(exc)) from None
+    except embeddings.EmbeddingError as exc:
+        raise ModelError(f"{path.name}: not a usable embedding ({exc})") from None
+
+
+def _probe_embedding(
+    path: Path, expect: ModelType | None, progress: ProgressCallback | None
+) -> Probe:
+    if expect not in (None, "embedding"):
+        raise ModelError(
+            f"{path.name}: a textual-inversion embedding, not a {expect} (put it in "
+            "autoimport/embedding or install it as an embedding)"
+        )
+    found = _read_embeddings(path, embeddings.read_embedding)
+    return Probe(
+        type="embedding",
+        base=found.base,
+        compatible_bases=list(found.compatible_bases),
+        format=found.format,
+        hash=content_hash(path, progress),
+        weights=path,
+        vectors=found.count,
+        triggers=[embeddings.default_name(path)],
+    )
+
+
+def _add_bundled(found: Probe, path: Path) -> None:
+    """List the embeddings a LoRA file carries with its record; an unusable one is a warning
+    on the LoRA (the LoRA itself still works)."""
+    try:
+        bundled = _read_embeddings(path, embeddings.read_bundled)
+    except ModelError as exc:
+        found.warnings.append(f"its bundled embeddings cannot be used: {exc}")
+        return
+    found.bundled_embeddings = [
+        BundledEmbedding(name=e.name, base=e.base, vectors=e.count) for e in bundled
+    ]
 
 
 # --- LoRAs ----------------------------------------------------------------------------------

@@ -8,12 +8,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 
-ModelType = Literal["main", "lora", "vae"]
+ModelType = Literal["main", "lora", "vae", "embedding"]
 BaseName = Literal["sd1", "sd2", "sdxl"]
 Status = Literal["ok", "missing", "error"]
 
 # Fields a user may edit; an edited field is never overwritten by a rescan.
 EDITABLE_FIELDS = ("name", "trigger_words", "default_weight", "description")
+
+
+class BundledEmbedding(BaseModel):
+    """A textual-inversion embedding carried inside a LoRA file (``bundle_emb.<name>.…``)."""
+
+    name: str
+    base: BaseName
+    vectors: int
 
 
 class ModelRecord(BaseModel):
@@ -35,6 +43,10 @@ class ModelRecord(BaseModel):
     #: base, pickle entries left out); empty for other models
     base_evidence: list[str] = []
     warnings: list[str] = []
+    #: an embedding's vector count (token slots it takes in a prompt); None for other models
+    vectors: int | None = None
+    #: the embeddings a LoRA file carries (listed with it); empty for other models
+    bundled_embeddings: list[BundledEmbedding] = []
     path: Path
     in_place: bool
     hash: str | None

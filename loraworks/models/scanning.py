@@ -54,6 +54,7 @@ class Scanner:
             folders: tuple[tuple[Path, ModelType], ...] = (
                 (self.paths.autoimport_lora, "lora"),
                 (self.paths.autoimport_main, "main"),
+                (self.paths.autoimport_embedding, "embedding"),
             )
             skipped = self.db.skipped()
             for folder, kind in folders:

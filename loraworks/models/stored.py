@@ -17,8 +17,14 @@ from loraworks.models.probe import Probe
 from loraworks.models.records import EDITABLE_FIELDS, ModelRecord
 
 #: columns a probe of a LoRA's file fills, NULL in rows written before the migration that added
-#: them (2, 3, 4) until the manager re-probes the file on open (`ModelManager.open`)
-REPROBED_COLUMNS = ("compatible_bases", "layer_kinds", "base_evidence", "warnings")
+#: them (2, 3, 4, 5) until the manager re-probes the file on open (`ModelManager.open`)
+REPROBED_COLUMNS = (
+    "compatible_bases",
+    "layer_kinds",
+    "base_evidence",
+    "warnings",
+    "bundled_embeddings",
+)
 
 _JSON_COLUMNS = (
     *REPROBED_COLUMNS,
@@ -112,6 +118,8 @@ def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) 
         "layer_kinds": found.layer_kinds,
         "base_evidence": found.base_evidence,
         "warnings": found.warnings,
+        "vectors": found.vectors,
+        "bundled_embeddings": found.bundled_embeddings,
         "format": found.format,
         "path": path,
         "source": str(path),
@@ -121,7 +129,7 @@ def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) 
         "is_lcm": found.is_lcm,
         "metadata": facts.metadata,
         "preview_path": facts.preview_path,
-        "trigger_words": facts.trigger_words,
+        "trigger_words": facts.trigger_words or found.triggers,
         "default_weight": facts.default_weight,
         "description": facts.description,
     }

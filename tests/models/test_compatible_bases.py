@@ -107,6 +107,8 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
         c.execute("ALTER TABLE models DROP COLUMN layer_kinds")
         c.execute("ALTER TABLE models DROP COLUMN base_evidence")
         c.execute("ALTER TABLE models DROP COLUMN warnings")
+        c.execute("ALTER TABLE models DROP COLUMN vectors")
+        c.execute("ALTER TABLE models DROP COLUMN bundled_embeddings")
         c.execute("UPDATE schema_version SET version = 1")
     c.close()
 
