@@ -36,7 +36,8 @@ def serve(
         None, help="models root (default: LORAWORKS_ROOT or ~/loraworks)"
     ),
 ) -> None:
-    """Serve the API (docs at /docs) and the web UI; new files in autoimport/ appear live."""
+    """Serve the API (schema at /openapi.json) and the web UI; new files in autoimport/ appear
+    live."""
     import uvicorn
 
     from loraworks.generation.cache import compute_summary
@@ -66,7 +67,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     typer.echo(f"loraworks serving {manager.root}; models run on {compute}")
-    typer.echo(f"open {url}  (API docs: http://{shown}:{port}/docs)")
+    typer.echo(f"open {url}  (API schema: http://{shown}:{port}/openapi.json)")
     try:
         uvicorn.run(
             create_app(manager, token=token, watch=True), host=host, port=port, log_level="warning"

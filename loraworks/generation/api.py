@@ -103,8 +103,11 @@ def check_request(request: GenerateRequest, manager: ModelManager | None = None)
     """Everything about `request` that the records can refuse, in the order generation meets
     it: prompt syntax, the main model (known, usable), each LoRA (known — a name installed for
     several bases means the main model's —, usable, named once) and the base rule. Reads no
-    file, so the server's queue calls it to refuse a request before accepting it."""
+    file (the init image is only looked for), so the server's queue calls it to refuse a request
+    before accepting it."""
     mm = _manager(manager)
+    if request.init_image is not None and not request.init_image.is_file():
+        raise GenerationError(f"init image not found: {request.init_image}")
     parsed = parse_prompt(request.prompt)
     main = _usable(mm.get(request.model, type="main"), "Model")
     stack = _stack(mm, [*request.loras, *parsed.loras], main)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,21 +120,33 @@ def compute_notes(made: Recipe, now: Recipe) -> list[str]:
 
 
 def save_png(image: Image.Image, folder: Path, recipe: Recipe) -> Path:
-    """Write `image` with its recipe under `folder/<date>/` without overwriting anything."""
+    """Write `image` with its recipe under `folder/<date>/` without overwriting anything.
+
+    The PNG is written whole to a hidden temporary file, synced, and then linked to its name
+    (which fails rather than overwrite), so a crash never leaves half an image under a name.
+    A folder that cannot be written is a `GenerationError` saying so."""
     now = datetime.now(UTC)
     day = folder / now.strftime("%Y-%m-%d")
-    day.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(CHUNK, recipe.model_dump_json())
     stem = f"{now.strftime('%H%M%S')}-{recipe.seed}"
-    for n in range(1000):
-        path = day / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
-        try:
-            with path.open("xb") as f:
-                image.save(f, format="PNG", pnginfo=info)
-        except FileExistsError:
-            continue
-        return path
+    try:
+        day.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=day, prefix=f".{stem}-", suffix=".tmp") as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+            for n in range(1000):
+                path = day / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+                try:
+                    os.link(tmp.name, path)
+                except FileExistsError:
+                    continue
+                return path
+    except OSError as exc:
+        raise GenerationError(
+            f"cannot save the image in {day}: {exc.strerror or exc} (is outputs/ writable?)"
+        ) from None
     raise GenerationError(f"cannot find a free file name for {stem}.png in {day}")
 
 

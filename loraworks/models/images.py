@@ -9,6 +9,9 @@ from loraworks.models.database import Database
 from loraworks.models.errors import ImageNotFound
 from loraworks.models.records import ImageRecord
 
+#: SQLite's largest integer: a larger id names no image (and would overflow the query)
+MAX_ID = 2**63 - 1
+
 
 class Gallery:
     """Images under `outputs/` with the recipe that made each, newest first."""
@@ -27,7 +30,7 @@ class Gallery:
         return self._db.count_images()
 
     def get(self, image_id: int) -> ImageRecord:
-        found = self._db.image(image_id)
+        found = self._db.image(image_id) if 0 <= image_id <= MAX_ID else None
         if found is None:
             raise ImageNotFound(f"no image with id {image_id}")
         return found

@@ -23,9 +23,11 @@ from loraworks.models import ModelManager
 from loraworks.server.auth import TokenAuth
 from loraworks.server.errors import install_handlers
 from loraworks.server.events import EventBus
+from loraworks.server.headers import SecurityHeaders
 from loraworks.server.hosts import LoopbackOnly
 from loraworks.server.installs import InstallRunner
 from loraworks.server.journal import QueueJournal
+from loraworks.server.limits import BodyLimit
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
 from loraworks.server.routes import images, models, queue, settings
 from loraworks.server.routes.images import image_ref
@@ -109,14 +111,18 @@ def create_app(
         title="loraworks",
         summary="Local Stable Diffusion generation around LoRAs and LCM-LoRAs.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI would load unpinned code from a CDN (server/headers.py)
+        redoc_url=None,
     )
     app.state.server = state
     install_handlers(app)
     for module in (models, queue, images, settings):
         app.include_router(module.router, prefix="/api")
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    app.add_middleware(BodyLimit, max_bytes=manager.config.limits.max_request_bytes)
     if token:
         app.add_middleware(TokenAuth, token=token)
     else:
         app.add_middleware(LoopbackOnly)
+    app.add_middleware(SecurityHeaders)  # outermost: refusals carry the headers too
     return app

@@ -46,12 +46,17 @@ def readable_validation_errors(errors: list[dict]) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+#: pydantic's error types for a body that is missing or not a JSON object (a check of the whole
+#: request, such as "strength only applies with an init_image", also has the location `body`)
+_NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type", "model_type"})
+
+
 def _malformed_body(errors: list[dict]) -> str | None:
     """Why the body is not a JSON object at all (then the answer is 400, not 422), or None."""
     for err in errors:
         if err.get("type") == "json_invalid":
             return f"The request body is not valid JSON ({err.get('ctx', {}).get('error', '')})."
-        if tuple(err.get("loc", ())) == ("body",):
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT:
             return "The request body must be a JSON object (Content-Type: application/json)."
     return None
 

@@ -73,6 +73,10 @@ class QueueItemFinished(ValueError):
     pass
 
 
+class QueueFull(RuntimeError):
+    """As many items as the limit allows are queued or running."""
+
+
 class GenerationQueue:
     """Holds items, runs them one at a time on a worker thread and publishes their events."""
 
@@ -98,11 +102,18 @@ class GenerationQueue:
 
     # --- public API used by the routes -----------------------------------------------------
 
-    def submit(self, request: GenerateRequest) -> QueueItem:
+    def submit(self, request: GenerateRequest, max_active: int | None = None) -> QueueItem:
+        """Queue `request`; `QueueFull` when `max_active` items are already queued or running."""
         item = QueueItem(
             id=uuid.uuid4().hex[:12], status="queued", request=request, created_at=time.time()
         )
         with self._cond:
+            active = sum(1 for i in self._items.values() if i.status not in FINISHED)
+            if max_active is not None and active >= max_active:
+                raise QueueFull(
+                    f"The queue already holds {active} requests (limits.max_queue in the root's "
+                    "config.toml); try again when some have finished."
+                )
             self._items[item.id] = item
             self._cancels[item.id] = threading.Event()
             self._pending.append(item.id)

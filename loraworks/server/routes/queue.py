@@ -12,7 +12,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from loraworks.generation import check_request as generation_check
 from loraworks.generation.request import GenerateRequest
 from loraworks.server.errors import ApiError
-from loraworks.server.queue import QueueItem, QueueItemFinished, QueueItemNotFound
+from loraworks.server.limits import check_request_limits
+from loraworks.server.queue import QueueFull, QueueItem, QueueItemFinished, QueueItemNotFound
 from loraworks.server.state import ServerState, server_state
 
 router = APIRouter(prefix="/queue", tags=["queue"])
@@ -20,16 +21,18 @@ State = Annotated[ServerState, Depends(server_state)]
 
 
 def check_request(state: ServerState, request: GenerateRequest) -> None:
-    """Refuse now what would fail later: whatever generation's own `check_request` refuses from
-    the records (unknown or unusable models, LoRAs also named by `<lora:...>` tags, a LoRA
-    named twice, wrong bases — no file is read), and init images outside the root (the API
-    must not read arbitrary files)."""
+    """Refuse now what would fail later: init images outside the root (the API must not read
+    arbitrary files; refused first, so the answer is the same whether such a path exists),
+    sizes, batches and steps over `[limits]`, then whatever generation's own `check_request`
+    refuses from the records (unknown or unusable models, LoRAs also named by `<lora:...>`
+    tags, a LoRA named twice, wrong bases, a missing init image — no file is read)."""
     manager = state.manager
-    generation_check(request, manager)
     if request.init_image is not None:
         root = manager.root.resolve()
         if not Path(request.init_image).resolve().is_relative_to(root):
             raise ApiError(403, f"init_image must be a file under the models root ({root}).")
+    check_request_limits(request, manager.config.limits)
+    generation_check(request, manager)
 
 
 def _item(state: ServerState, item_id: str) -> QueueItem:
@@ -43,7 +46,10 @@ def _item(state: ServerState, item_id: str) -> QueueItem:
 def enqueue(request: GenerateRequest, state: State) -> QueueItem:
     """Queue a generation (the same request shape as `loraworks.generation.generate`)."""
     check_request(state, request)
-    return state.queue.submit(request)
+    try:
+        return state.queue.submit(request, max_active=state.manager.config.limits.max_queue)
+    except QueueFull as exc:
+        raise ApiError(429, str(exc)) from None
 
 
 @router.get("")
