@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from loraworks.generation.conditioning import Conditioning
+from loraworks.generation.errors import GenerationError
 from loraworks.generation.placement import placement
 
 # (step index, total steps, latents after the step); may raise to stop the loop
@@ -131,7 +132,8 @@ def denoise(
 @torch.no_grad()
 def decode(vae: Any, latents: torch.Tensor) -> Image.Image:
     """Latents → 8-bit RGB, rounded the way diffusers' image processor rounds. A VAE that
-    overflows in fp16 (SDXL's, `force_upcast`) decodes in fp32."""
+    overflows in fp16 (SDXL's, `force_upcast`) decodes in fp32; pixels that are still not
+    finite are a `GenerationError`, never a black image."""
     dtype = placement(vae)[1]
     upcast = dtype == torch.float16 and vae.config.get("force_upcast", False)
     if upcast:
@@ -142,6 +144,12 @@ def decode(vae: Any, latents: torch.Tensor) -> Image.Image:
     finally:
         if upcast:
             vae.to(torch.float16)
+    if not torch.isfinite(pixels).all():  # clamped and cast, NaN would be saved as black
+        raise GenerationError(
+            "the image decoded to non-finite values (NaN or infinity) and was not saved: usually "
+            "a LoRA weight or prompt emphasis far outside the usual range, or a model that "
+            "overflows at this precision (try float32)"
+        )
     pixels = (pixels / 2 + 0.5).clamp(0, 1)
     array = pixels[0].permute(1, 2, 0).float().cpu().numpy()
     return Image.fromarray((array * 255).round().astype("uint8"))

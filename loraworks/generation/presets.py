@@ -5,8 +5,10 @@ weights, and trigger words. All numbers come from the config file."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from loraworks.generation.emphasis import has_emphasis, parse_emphasis
 from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import MAX_SEED, GenerateRequest
 from loraworks.lora import Strength
@@ -17,6 +19,11 @@ from loraworks.models.config import Config
 LCM_MAX_STEPS = 8
 LCM_MAX_CFG = 2.0
 DEFAULT_STRENGTH = 0.75  # img2img: how much of the init image is re-noised
+# Beyond these a LoRA weight or a prompt's emphasis breaks the image (noise, or all black
+# when it overflows): usual weights lie within ±2, slider LoRAs within ±8; A1111's emphasis
+# stays under ×2. A warning, not a refusal: experiments are the user's to make.
+EXTREME_WEIGHT = 10.0
+EXTREME_EMPHASIS = 4.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,31 @@ def resolve(
     loras = [replace(e, weight=_weight(e, lcm, config)) for e in stack]
     warnings = _lcm_warnings(main, stack, settings, request.preset == "lcm")
     warnings += _unguided_negative_warning(settings)
+    warnings += _extreme_warnings(settings, loras)
     return Resolved(settings, loras, lcm, warnings)
+
+
+def _extreme_warnings(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
+    """Weights and emphasis so large that the image will not be worth its time (#16)."""
+    out = []
+    for entry in loras:
+        weight = entry.weight
+        values = weight.values() if isinstance(weight, Mapping) else [weight or 0.0]
+        peak = max(abs(v) for v in values)
+        if peak > EXTREME_WEIGHT:
+            out.append(
+                f"LoRA '{entry.record.name}' weight {peak:g} is far outside the usual range "
+                f"(within ±2, sliders ±8): expect noise or a black image"
+            )
+    for label, text in (("prompt", s.prompt), ("negative prompt", s.negative_prompt)):
+        if text and has_emphasis(text):
+            peak = max(abs(w) for _, w in parse_emphasis(text))
+            if peak > EXTREME_EMPHASIS:
+                out.append(
+                    f"the {label}'s emphasis reaches ×{peak:.3g} (nested or weighted brackets); "
+                    f"beyond ×{EXTREME_EMPHASIS:g} images break down"
+                )
+    return out
 
 
 def _unguided_negative_warning(s: RenderSettings) -> list[str]:
