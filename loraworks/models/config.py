@@ -73,6 +73,13 @@ class Limits(_Section):
     metadata_kept_kb: int = Field(256, ge=1)
 
 
+class ClusterSettings(_Section):
+    """`loraworks serve --cluster` (docs/cluster.md)."""
+
+    max_ongoing_requests: int = Field(4, ge=1)
+    ready_timeout_s: float = Field(300.0, gt=0)
+
+
 class Config(_Section):
     generation: GenerationDefaults = GenerationDefaults()
     lcm: LCMPreset = LCMPreset()
@@ -81,6 +88,7 @@ class Config(_Section):
     patch: PatchSettings = PatchSettings()
     server: ServerSettings = ServerSettings()
     limits: Limits = Limits()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -143,4 +151,9 @@ max_install_gb = 20.0        # largest file, folder or download an install takes
 install_timeout_s = 3600.0   # an install (path, folder or URL) that takes longer is abandoned
 metadata_kept_kb = 256       # header metadata kept in a record; the largest values beyond this
                       #   stay in the file only (what the product reads is taken before)
+
+[cluster]             # `loraworks serve --cluster` only (docs/cluster.md)
+max_ongoing_requests = 4  # jobs a replica holds at once (one runs; of the others, those with
+                      #   its patched stack go first, none passed over more than this many times)
+ready_timeout_s = 300.0   # a job waits this long for a replica to be ready, then fails
 """

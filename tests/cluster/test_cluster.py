@@ -1,0 +1,114 @@
+"""Generation on a local Ray Serve cluster (two CPU replicas) against the single-process path:
+the same pixels, stack switches per replica, affinity, cancel, a replica lost mid-job."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loraworks.cluster.errors import ClusterError
+from loraworks.generation.errors import GenerationCancelled
+from tests.cluster.conftest import STACKS, request_for, requires_ray, single_process
+
+pytestmark = requires_ray
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def send_all(cluster, manager, requests) -> list:
+    """Every request at once (as many in flight as the head allows), results in order."""
+    with ThreadPoolExecutor(cluster.concurrency) as pool:
+        return list(pool.map(lambda r: cluster.generate(r, manager=manager), requests))
+
+
+def test_24_requests_over_4_stacks_draw_the_single_process_pixels(cluster, demo_root):
+    """8 users, each with a stack of their own (two users per stack), 3 requests each,
+    interleaved and sent at once: every image equals the single-process server's bit for bit;
+    each replica records its jobs and stack switches (a job whose stack differs from the one
+    patched: at least one per stack, at most one per job)."""
+    requests = [
+        request_for(user % len(STACKS), seed=10 * user + n) for n in range(3) for user in range(8)
+    ]
+    before = cluster.snapshot()["replicas"]
+    results = send_all(cluster, demo_root, requests)
+    for request, result in zip(requests, results, strict=True):
+        assert len(result.images) == 1
+        expected = single_process(request, demo_root)
+        assert np.array_equal(pixels(result.images[0]), pixels(expected)), request
+    after = cluster.snapshot()["replicas"]
+    assert len(after) == 2, after
+    jobs = sum(r["jobs"] for r in after) - sum(r["jobs"] for r in before)
+    switches = sum(r["switches"] for r in after) - sum(r["switches"] for r in before)
+    assert jobs == len(requests)
+    assert len(STACKS) - len(before) <= switches <= len(requests)
+    assert all(r["models"] == ["demo-shapes"] and r["stack"] for r in after)
+
+
+def test_cancel_reaches_the_worker_between_steps(cluster, demo_root):
+    cancel = threading.Event()
+    steps = []
+
+    def progress(event) -> None:
+        steps.append(event.step)
+        cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        cluster.generate(
+            request_for(0, seed=5, steps=100), manager=demo_root, progress=progress, cancel=cancel
+        )
+    assert 1 <= len(steps) < 100
+    # the replica restored its weights: the next job there draws the reference pixels
+    request = request_for(0, seed=6)
+    result = cluster.generate(request, manager=demo_root)
+    assert np.array_equal(pixels(result.images[0]), pixels(single_process(request, demo_root)))
+
+
+def test_a_replica_killed_mid_job_loses_nothing(cluster, demo_root):
+    """The job's replica is killed after its first step: the job runs again on another
+    replica, same seed, same pixels, one image in the gallery."""
+    import ray
+
+    killed = []
+
+    def progress(event) -> None:
+        if not killed:
+            [replica] = cluster.snapshot()["replicas_busy"]
+            name = f"SERVE_REPLICA::{cluster.options.app}#Generator#{replica}"
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+            killed.append(replica)
+
+    gallery = len(demo_root.images.list(0, 10_000))
+    request = request_for(1, seed=7, steps=20).model_copy(update={"batch_size": 2})
+    result = cluster.generate(request, manager=demo_root, progress=progress)
+    assert killed
+    assert len(result.images) == 2
+    assert len(demo_root.images.list(0, 10_000)) == gallery + 2
+    snapshot = cluster.snapshot()
+    assert snapshot["jobs_retried"] == 1 and snapshot["replicas_lost"] == 1
+    for seed, path in zip((7, 8), result.images, strict=True):
+        expected = single_process(request_for(1, seed=seed, steps=20), demo_root)
+        assert np.array_equal(pixels(path), pixels(expected))
+
+
+def test_no_ready_replica_fails_after_the_timeout_naming_the_setting(demo_root):
+    """A deployment asking for a GPU per replica on a machine without one never gets a
+    replica: the job waits (visible in the snapshot) and then fails with the setting's name."""
+    from loraworks.cluster.head import Cluster, ClusterOptions
+
+    cluster = Cluster(demo_root, ClusterOptions(app="loraworks-gpu", gpus_per_replica=1))
+    cluster.settings = cluster.settings.model_copy(update={"ready_timeout_s": 3.0})
+    cluster.start()
+    try:
+        seen = []
+        threading.Timer(1.0, lambda: seen.append(cluster.snapshot())).start()
+        with pytest.raises(ClusterError, match="ready_timeout_s"):
+            cluster.generate(request_for(0, seed=1), manager=demo_root)
+        assert seen and seen[0]["jobs_waiting_for_replica"] == 1
+    finally:
+        cluster.shutdown()
