@@ -73,8 +73,11 @@ def browser():
         browser.close()
 
 
-def _open(browser, url: str):
+def _open(browser, url: str, blocked: list[str] | None = None):
+    """The UI at `url`, ready; what the Content-Security-Policy blocked goes to `blocked`."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    if blocked is not None:
+        page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
     page.goto(url)
     page.wait_for_selector("body[data-ready='1']")
     return page
@@ -82,9 +85,12 @@ def _open(browser, url: str):
 
 @pytest.fixture
 def page(live, browser):
-    page = _open(browser, live.url + "/")
+    """The UI, which must run whole under the server's CSP (server/headers.py)."""
+    blocked: list[str] = []
+    page = _open(browser, live.url + "/", blocked)
     yield page
     page.close()
+    assert blocked == []
 
 
 def _set_weight(page, name: str, value: str) -> None:
