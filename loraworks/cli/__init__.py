@@ -17,7 +17,7 @@ def _root() -> None:
 
 
 # Each command module has `register(app)`, adding its commands or its command group.
-for _name in ("models", "generate", "train", "demo", "serve"):
+for _name in ("models", "lora", "generate", "train", "demo", "serve"):
     importlib.import_module(f"loraworks.cli.{_name}").register(app)
 
 

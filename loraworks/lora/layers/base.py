@@ -59,7 +59,7 @@ def scalar(t: Tensor | float | None) -> float | None:
     if isinstance(t, Tensor):
         if t.numel() != 1:
             raise LoRAFormatError(f"alpha must be a scalar, got shape {tuple(t.shape)}")
-        return float(t.reshape(()).float())
+        return float(t.reshape(()).double())  # exact for every float dtype
     return float(t)
 
 

@@ -12,6 +12,7 @@ Each maker returns a `ToolResult` (the `LoRA` and a `LayerReport` per layer). Se
 docs/tools.md for the maths and the choices.
 """
 
+from .atomic import check_output
 from .bake import bake
 from .convert import convert
 from .errors import IncompatibleModels, LoRAToolError, OutputExists, RankError, UnsupportedKind
@@ -37,6 +38,7 @@ __all__ = [
     "ToolResult",
     "UnsupportedKind",
     "bake",
+    "check_output",
     "convert",
     "extract",
     "file_hashes",

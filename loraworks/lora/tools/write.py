@@ -59,20 +59,23 @@ def file_path(target: str) -> tuple[str, str]:
     return comp, path
 
 
-def alpha_for(layer: LoRALayer) -> float:
-    """An alpha that gives exactly the layer's scale as alpha/rank and survives being stored as
-    a float32 tensor: the layer's own when it does, else the nearest float32 that does."""
+def alpha_for(layer: LoRALayer) -> Tensor:
+    """An alpha tensor whose value/rank is exactly the layer's scale: float32 (what kohya
+    writes) when one exists — the layer's own alpha first — else float64 (rsLoRA's α/√r, say,
+    has no float32 α with α/r equal to it; readers take the value as a Python float)."""
     r, s = layer.rank, layer.scale
-    guess = torch.tensor(s * r, dtype=torch.float32)
-    lo = hi = guess
-    candidates = [layer.alpha] if layer.alpha else []
-    for _ in range(4):
-        candidates += [float(lo), float(hi)]
-        lo, hi = torch.nextafter(lo, -guess.abs() - 1), torch.nextafter(hi, guess.abs() + 1)
-    for cand in candidates:
-        if float(torch.tensor(cand, dtype=torch.float32)) == cand and cand / r == s:
-            return float(cand)
-    return float(guess)
+    for dtype in (torch.float32, torch.float64):
+        guess = torch.tensor(s * r, dtype=dtype)
+        lo = hi = guess
+        candidates = [layer.alpha] if layer.alpha else []
+        for _ in range(4):
+            candidates += [float(lo), float(hi)]
+            lo, hi = torch.nextafter(lo, lo - abs(lo) - 1), torch.nextafter(hi, hi + abs(hi) + 1)
+        for cand in candidates:
+            stored = torch.tensor(cand, dtype=dtype)
+            if float(stored) == cand and cand / r == s:
+                return stored
+    return torch.tensor(s * r, dtype=torch.float64)
 
 
 def _plain(target: str, layer: Layer, to: str) -> LoRALayer:
@@ -102,7 +105,7 @@ def kohya_state_dict(lora: LoRA) -> dict[str, Tensor]:
         if isinstance(layer, LoRALayer) and layer.sparse is None:
             for leaf, t in layer.tensors().items():
                 sd[f"{key}.{leaf}"] = t.contiguous()
-            sd[f"{key}.alpha"] = torch.tensor(alpha_for(layer), dtype=torch.float32)
+            sd[f"{key}.alpha"] = alpha_for(layer)
         elif isinstance(layer, NormLayer) or (layer.kind == "full" and layer.sparse is None):
             for leaf, t in layer.tensors().items():
                 sd[f"{key}.{leaf}"] = t.contiguous()
@@ -127,7 +130,7 @@ def kohya_hashes(sd: dict[str, Tensor]) -> dict[str, str]:
 def kohya_metadata(lora: LoRA, sd: dict[str, Tensor]) -> dict[str, str]:
     lo = [layer for layer in lora.layers.values() if isinstance(layer, LoRALayer)]
     ranks = {layer.rank for layer in lo}
-    alphas = {alpha_for(layer) for layer in lo}
+    alphas = {float(alpha_for(layer)) for layer in lo}
     meta = {k: v for k, v in lora.metadata.items() if k not in STALE_METADATA}
     only_lora = all(isinstance(layer, LoRALayer) for layer in lora.layers.values())
     meta["ss_network_module"] = "networks.lora" if only_lora else "lycoris.kohya"
@@ -171,7 +174,7 @@ def _peft_parts(lora: LoRA, to: str, key: Callable[[str, str], str]):
             if ly.up_bias is not None:
                 sd[key(comp, path) + ".lora_B.bias"] = ly.up_bias.contiguous()
         ranks = {p: ly.rank for p, ly in layers.items()}
-        alphas = {p: alpha_for(ly) for p, ly in layers.items()}
+        alphas = {p: float(alpha_for(ly)) for p, ly in layers.items()}
         r = Counter(ranks.values()).most_common(1)[0][0]
         a = Counter(alphas.values()).most_common(1)[0][0]
         out[comp] = (

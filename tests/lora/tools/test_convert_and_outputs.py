@@ -94,3 +94,17 @@ def test_a_write_failing_midway_leaves_nothing(tmp_path, monkeypatch, to):
     with pytest.raises(OSError, match="disk full"):
         save_lora(lora, tmp_path / "out", to)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_rslora_scale_survives_conversion_to_kohya(tmp_path):
+    """PEFT rsLoRA scales α/√r; kohya stores α (float32) for α/r: an α is found that gives the
+    very same scale (α/√r·r is not a float32 here)."""
+    src = load_lora((kohya_lora(build_components("sd1"), rank=6), {}))
+    folder = convert(src, "peft", tmp_path / "p")
+    for cfg_path in folder.glob("*/adapter_config.json"):
+        cfg = json.loads(cfg_path.read_text())
+        cfg.update(use_rslora=True, lora_alpha=4, alpha_pattern={})
+        cfg_path.write_text(json.dumps(cfg))
+    peft = load_lora(folder)
+    assert {ly.scale for ly in peft.layers.values()} == {4 / 6**0.5}
+    _same_layers(peft, load_lora(convert(peft, "kohya", tmp_path / "k.safetensors")))
