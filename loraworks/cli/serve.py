@@ -35,11 +35,24 @@ def serve(
     root: Path | None = typer.Option(
         None, help="models root (default: LORAWORKS_ROOT or ~/loraworks)"
     ),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="generate on a Ray Serve cluster (docs/cluster.md)"
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="with --cluster: join this Ray cluster (default: start one here)"
+    ),
+    replicas: int = typer.Option(1, min=1, help="with --cluster: generation replicas"),
+    autoscale: str | None = typer.Option(
+        None, metavar="MIN:MAX", help="with --cluster: autoscale between MIN and MAX replicas"
+    ),
+    gpus_per_replica: float = typer.Option(0.0, min=0, help="with --cluster: GPUs per replica"),
+    cpus_per_replica: float = typer.Option(1.0, min=0.01, help="with --cluster: CPUs per replica"),
 ) -> None:
     """Serve the API (schema at /openapi.json) and the web UI; new files in autoimport/ appear
     live."""
     import uvicorn
 
+    from loraworks.cluster.head import Cluster, ClusterOptions
     from loraworks.generation.cache import compute_summary
     from loraworks.models import ModelManager
     from loraworks.server.app import create_app
@@ -50,7 +63,21 @@ def serve(
     except ValueError as exc:  # ModelError: a broken root or config
         fail(str(exc))
     try:
-        compute = compute_summary(manager.config.compute)  # a missing device stops us here
+        if cluster:
+            scale = _autoscale(autoscale)
+            options = ClusterOptions(
+                ray_address,
+                replicas=replicas,
+                autoscale=scale,
+                gpus_per_replica=gpus_per_replica,
+                cpus_per_replica=cpus_per_replica,
+            )
+            generator = Cluster(manager, options)  # RayMissing names the extra
+            where = ray_address or "started here"
+            compute = f"a Ray Serve cluster ({where}, {autoscale or replicas} replica(s))"
+        else:
+            generator = None
+            compute = compute_summary(manager.config.compute)  # a missing device stops us here
     except ValueError as exc:
         manager.close()
         fail(str(exc))
@@ -69,8 +96,24 @@ def serve(
     typer.echo(f"loraworks serving {manager.root}; models run on {compute}")
     typer.echo(f"open {url}  (API schema: http://{shown}:{port}/openapi.json)")
     try:
-        uvicorn.run(
-            create_app(manager, token=token, watch=True), host=host, port=port, log_level="warning"
-        )
+        if generator is not None:
+            try:
+                generator.start()
+            except Exception as exc:  # Ray's own errors: an address not answering, …
+                fail(f"cannot start generation on the Ray cluster: {exc}")
+        app = create_app(manager, token=token, watch=True, cluster=generator)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        if generator is not None:
+            generator.shutdown()
         manager.close()
+
+
+def _autoscale(text: str | None) -> tuple[int, int] | None:
+    """`MIN:MAX` as two replica counts, 1 <= MIN <= MAX."""
+    if text is None:
+        return None
+    low, _, high = text.partition(":")
+    if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
+        raise ValueError(f"--autoscale {text!r}: give MIN:MAX replicas, e.g. 1:4")
+    return int(low), int(high)

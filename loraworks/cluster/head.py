@@ -132,7 +132,8 @@ class Cluster:
     def shutdown(self) -> None:
         """Remove the deployment; stop Ray when this process started it."""
         try:
-            self._serve.delete(self.options.app)
+            if self.handle is not None:
+                self._serve.delete(self.options.app)
         finally:
             if self._started_ray:
                 self._ray.shutdown()

@@ -29,6 +29,7 @@ from loraworks.server.installs import InstallRunner
 from loraworks.server.journal import QueueJournal
 from loraworks.server.limits import BodyLimit
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
+from loraworks.server.routes import cluster as cluster_routes
 from loraworks.server.routes import images, models, queue, settings
 from loraworks.server.routes.images import image_ref
 from loraworks.server.state import ServerState
@@ -80,15 +81,25 @@ def create_app(
     start_worker: bool = True,
     watch: bool = False,
     generate: GenerateFn | None = None,
+    cluster: Any = None,
 ) -> FastAPI:
-    """The app. `watch` runs the autoimport watcher while the app runs (`loraworks serve`)."""
-    if generate is None:
+    """The app. `watch` runs the autoimport watcher while the app runs (`loraworks serve`).
+    `cluster` (a started `loraworks.cluster.head.Cluster`) generates instead of this process:
+    as many jobs at once as its replicas hold, and the journal's unfinished jobs run again."""
+    if cluster is not None:
+        generate = cluster.generate
+    elif generate is None:
         from loraworks.generation import generate
     bus = EventBus()
     journal = QueueJournal(manager.paths.databases / "queue.json")
-    generation_queue = GenerationQueue(_runner(manager, generate), bus, journal)
+    parallel = {"workers": cluster.concurrency, "resume": True} if cluster is not None else {}
+    generation_queue = GenerationQueue(_runner(manager, generate), bus, journal, **parallel)
     state = ServerState(
-        manager=manager, queue=generation_queue, bus=bus, installs=InstallRunner(manager)
+        manager=manager,
+        queue=generation_queue,
+        bus=bus,
+        installs=InstallRunner(manager),
+        cluster=cluster,
     )
 
     @asynccontextmanager
@@ -116,7 +127,7 @@ def create_app(
     )
     app.state.server = state
     install_handlers(app)
-    for module in (models, queue, images, settings):
+    for module in (models, queue, images, settings, cluster_routes):
         app.include_router(module.router, prefix="/api")
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     app.add_middleware(BodyLimit, max_bytes=manager.config.limits.max_request_bytes)

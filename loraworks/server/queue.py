@@ -86,7 +86,12 @@ class GenerationQueue:
         bus: EventBus,
         journal: QueueJournal | None = None,
         keep_finished: int = 200,
+        workers: int = 1,
+        resume: bool = False,
     ):
+        """`workers` > 1 and `resume` only where the runner allows them (a cluster: each job
+        runs on a replica of its own and images are saved only when a job has finished, so a
+        job interrupted by a stop runs again whole after a restart)."""
         self._run = run
         self._journal = journal
         self._bus = bus
@@ -96,9 +101,10 @@ class GenerationQueue:
         self._cancels: dict[str, threading.Event] = {}
         self._pending: deque[str] = deque()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
         if journal is not None:
-            self._restore(journal.load())
+            self._restore(journal.load(), resume)
 
     # --- public API used by the routes -----------------------------------------------------
 
@@ -151,8 +157,10 @@ class GenerationQueue:
     # --- worker ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="loraworks-queue", daemon=True)
-        self._thread.start()
+        for n in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"loraworks-queue-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the running item (asked to cancel); queued items stay unrun."""
@@ -162,8 +170,9 @@ class GenerationQueue:
                 if item.status == "running":
                     self._cancels[item.id].set()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while True:
@@ -228,10 +237,14 @@ class GenerationQueue:
         if self._journal is not None:
             self._journal.save(list(self._items.values()))
 
-    def _restore(self, items: list[QueueItem]) -> None:
-        """Take back the last run's items; what was queued or running then has failed."""
+    def _restore(self, items: list[QueueItem], resume: bool) -> None:
+        """Take back the last run's items; what was queued or running then has failed, or with
+        `resume` is queued again (in its order)."""
         for item in items:
-            if item.status not in FINISHED:
+            if resume and item.status not in FINISHED:
+                item.status, item.started_at, item.step = "queued", None, 0
+                self._pending.append(item.id)
+            elif item.status not in FINISHED:
                 item.error = (
                     f"Interrupted: the server stopped while this item was {item.status}; "
                     "submit it again."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
@@ -18,6 +19,7 @@ class ServerState:
     queue: GenerationQueue
     bus: EventBus
     installs: InstallRunner
+    cluster: Any = None  # loraworks.cluster.head.Cluster under `serve --cluster`
 
 
 def server_state(request: Request) -> ServerState:

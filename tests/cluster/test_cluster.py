@@ -4,6 +4,7 @@ the same pixels, stack switches per replica, affinity, cancel, a replica lost mi
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -112,3 +113,31 @@ def test_no_ready_replica_fails_after_the_timeout_naming_the_setting(demo_root):
         assert seen and seen[0]["jobs_waiting_for_replica"] == 1
     finally:
         cluster.shutdown()
+
+
+def test_a_restarted_head_runs_the_queued_jobs_on_the_cluster(cluster, demo_root):
+    """Jobs queued in the journal of a head that stopped run when a head with the cluster
+    starts on the same root: each once, pixels as the single-process path draws them."""
+    from fastapi.testclient import TestClient
+
+    from loraworks.server import create_app
+    from tests.server.conftest import LOCAL_URL
+
+    stopped = create_app(demo_root, start_worker=False)
+    requests = [request_for(2, seed=40), request_for(3, seed=41)]
+    with TestClient(stopped, base_url=LOCAL_URL) as client:
+        ids = [
+            client.post("/api/queue", json=r.model_dump(mode="json")).json()["id"] for r in requests
+        ]
+    gallery = len(demo_root.images.list(0, 10_000))
+    with TestClient(create_app(demo_root, cluster=cluster), base_url=LOCAL_URL) as client:
+        deadline = time.monotonic() + 120
+        while {client.get(f"/api/queue/{i}").json()["status"] for i in ids} != {"done"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        items = [client.get(f"/api/queue/{i}").json() for i in ids]
+    assert len(demo_root.images.list(0, 10_000)) == gallery + 2
+    for request, item in zip(requests, items, strict=True):
+        [image] = item["images"]
+        path = demo_root.images.get(image["id"]).path
+        assert np.array_equal(pixels(path), pixels(single_process(request, demo_root)))
