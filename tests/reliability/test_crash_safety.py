@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
 from loraworks.models import ModelManager
+from loraworks.models.config import Limits
 from loraworks.server.app import create_app
 from tests.models.lora_files import kohya_sd1_tensors
 from tests.reliability.crash import assert_consistent, kill, start, wait_for_line
@@ -166,8 +167,11 @@ def _running_item(url: str) -> str:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the server never started"
                 time.sleep(0.2)
-        body = request([("k0", 0.8)], steps=200).model_dump(mode="json")
-        item_id = client.post("/api/queue", json=body).json()["id"]
+        steps = Limits().max_steps  # as long as the server accepts
+        body = request([("k0", 0.8)], steps=steps).model_dump(mode="json")
+        answer = client.post("/api/queue", json=body)
+        assert answer.status_code == 202, answer.text
+        item_id = answer.json()["id"]
         while client.get(f"/api/queue/{item_id}").json()["step"] < 1:
             assert time.monotonic() < deadline, "the generation never started"
             time.sleep(0.1)
