@@ -2,10 +2,10 @@
 
 `stack(stack_id)` is the `@serve.multiplexed` loader; its "model" is only the id, since the
 worker's `ModelCache` holds the models (LRU in its memory budget) and the patcher the weights.
-With `max_num_models_per_replica=1` the id a replica reports to Ray's router is exactly the
-stack it has patched (the running job's), so `handle.options(multiplexed_model_id=…)` sends a job
-where its stack already is; when that replica is at `max_ongoing_requests`, Ray's router tries
-the replicas with the fewest ids loaded, then any (spill-over, no starvation).
+A replica reports the last `STACKS_REPORTED` stacks it was sent, so
+`handle.options(multiplexed_model_id=…)` sends a job where its stack is patched or next; when
+that replica is at `max_ongoing_requests`, Ray's router tries the replicas with the fewest ids,
+then any (spill-over, no starvation).
 
 Jobs waiting in a replica run its patched stack first (`turns.py`). `run(job)` streams: the
 worker runs in the replica's one generation thread, each step comes
