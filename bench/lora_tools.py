@@ -13,7 +13,7 @@ The published architectures are built on the meta device (shapes only, no memory
   ΔW plus noise of 1e-3 of its size (a fine-tune is not exactly low rank), cut to `--to`: full
   SVD vs `torch.svd_lowrank` (q = to + 8, 2 power iterations): time and ‖D − D_k‖_F relative to
   the optimum (Eckart–Young); lycoris-lora's `extract_linear` on the same matrices where
-  lycoris is importable.
+  lycoris is importable (it takes a full SVD, `full_matrices=True`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def random_lora(components, rank: int) -> dict[str, torch.Tensor]:
 def bench_resize(base: str, rank: int, to: int, layers: int) -> None:
     sd = random_lora(meta_components(base), rank)
     lora = load_lora((sd, {}), base=base)
+    resize(load_lora((dict(list(sd.items())[:3]), {}), base=base), RankRule(rank=to))  # warm-up
     t0 = time.perf_counter()
     result = resize(lora, RankRule(rank=to))
     ours = time.perf_counter() - t0
@@ -99,8 +100,10 @@ def bench_extract(base: str, rank: int, to: int, layers: int) -> None:
             excess[method] = max(excess[method], cut.error / best - 1)
         if extract_linear is not None:
             t0 = time.perf_counter()
-            extract_linear(d, mode="fixed", mode_param=to)
+            parts, how = extract_linear(d, mode="fixed", mode_param=to)
             times["lycoris"] += time.perf_counter() - t0
+            error = float(parts[2].norm()) if how == "low rank" else best  # parts[2]: D − D_k
+            excess["lycoris"] = max(excess["lycoris"], error / best - 1)
     n = min(layers, len(mods))
     for method, t in times.items():
         if method == "lycoris" and extract_linear is None:

@@ -85,8 +85,9 @@ class _Session:
     def lora(self, source: str):
         from loraworks.lora import load_lora
 
-        if Path(source).exists():
-            return load_lora(Path(source))
+        path = Path(source)
+        if path.exists() or "/" in source or path.suffix in (".safetensors", ".ckpt", ".pt"):
+            return load_lora(path)  # a path, even a missing one: never looked up as a name
         record = self.manager().get(source, type="lora")
         return load_lora(Path(record.path), name=record.name)
 

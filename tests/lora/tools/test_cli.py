@@ -90,3 +90,9 @@ def test_install_puts_the_result_in_the_models_root(files, tmp_path):
     root = tmp_path / "root"
     r = run("resize", str(a), "--rank", "2", "--out", str(out), "--install", "--root", str(root))
     assert "installed lora 'small' (sd1)" in r.stdout
+
+
+def test_a_missing_path_is_not_looked_up_as_a_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAWORKS_ROOT", str(tmp_path / "root"))
+    r = run("inspect", str(tmp_path / "gone.safetensors"), code=1)
+    assert "no such file" in r.output and not (tmp_path / "root").exists()
