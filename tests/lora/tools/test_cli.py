@@ -96,3 +96,25 @@ def test_a_missing_path_is_not_looked_up_as_a_name(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAWORKS_ROOT", str(tmp_path / "root"))
     r = run("inspect", str(tmp_path / "gone.safetensors"), code=1)
     assert "no such file" in r.output and not (tmp_path / "root").exists()
+
+
+def test_bake_and_extract_through_the_models_root(files, tmp_path):
+    """bake an installed main model (installed as a new one), then extract the LoRA back."""
+    from loraworks.models import ModelManager
+    from tests.fixtures.models import build_pipeline
+
+    root = tmp_path / "root"
+    build_pipeline("sd1", tmp_path / "src").save_pretrained(str(tmp_path / "main"))
+    mm = ModelManager.open(root)
+    mm.install(tmp_path / "main", name="tiny")
+    mm.close()
+    a, _ = files
+    common = ["--root", str(root)]
+    run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked"), "--dtype", "fp32", *common)
+    out = tmp_path / "back.safetensors"
+    r = run(
+        "extract", "--base", "tiny", "--tuned", "baked", "--rank", "4", "--out", str(out), *common
+    )
+    assert "rank 4" in r.stdout
+    back, src = load_lora(out), load_lora(a)
+    assert back.layers.keys() == src.layers.keys()
