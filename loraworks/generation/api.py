@@ -36,6 +36,7 @@ from loraworks.generation.recipe import (
 )
 from loraworks.generation.render import render, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
+from loraworks.generation.textual_inversion import Prepared, find_uses, prepare, word_warnings
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 
@@ -102,7 +103,8 @@ class CheckedRequest:
 def check_request(request: GenerateRequest, manager: ModelManager | None = None) -> CheckedRequest:
     """Everything about `request` that the records can refuse, in the order generation meets
     it: prompt syntax, the main model (known, usable), each LoRA (known — a name installed for
-    several bases means the main model's —, usable, named once) and the base rule. Reads no
+    several bases means the main model's —, usable, named once), the base rule and the
+    prompts' textual-inversion embeddings (known, not too many, of a fitting base). Reads no
     file (the init image is only looked for), so the server's queue calls it to refuse a request
     before accepting it."""
     mm = _manager(manager)
@@ -112,6 +114,7 @@ def check_request(request: GenerateRequest, manager: ModelManager | None = None)
     main = _usable(mm.get(request.model, type="main"), "Model")
     stack = _stack(mm, [*request.loras, *parsed.loras], main)
     check_bases(main, [entry.record for entry in stack])
+    find_uses(mm, main, parsed.text, request.negative_prompt)  # unknown, too many, wrong base
     return CheckedRequest(main, stack, parsed.text)
 
 
@@ -132,6 +135,7 @@ def _run(
     resolved: Resolved,
     batch_size: int,
     steps: StepReporter,
+    used: Prepared,
 ) -> GenerateResult:
     result = GenerateResult([], list(resolved.warnings), {})
     steps.images = batch_size
@@ -140,7 +144,8 @@ def _run(
         steps.check()
         settings = replace(resolved.settings, seed=resolved.settings.seed + i)
         rendered = render(loaded.pipe, settings, steps, loaded.conds)
-        recipe = build_recipe(main, resolved.loras, settings, placement(loaded.pipe.unet))
+        compute = placement(loaded.pipe.unet)
+        recipe = build_recipe(main, resolved.loras, settings, compute, used.uses)
         path = save_png(rendered.image, mm.paths.outputs, recipe)
         as_dict = recipe.model_dump(mode="json")
         result.image_ids.append(mm.images.add(path, as_dict).id)
@@ -169,17 +174,23 @@ def generate(
     checked = check_request(request, mm)
     main = checked.main
     resolved = resolve(request, checked.prompt, main, checked.stack, mm.config)
+    s = resolved.settings
+    used = prepare(mm, main, s.prompt, s.negative_prompt)
     cache = cache_for(mm)
     stack = [(cache.lora(entry.record), entry.weight) for entry in resolved.loras]
     noticed = [f"LoRA '{lora.name}': {note}" for lora, _ in stack for note in lora.warnings]
     loaded = cache.model(main)
-    resolved = replace(resolved, settings=with_native_size(loaded.pipe, resolved.settings))
+    noticed += used.warnings + word_warnings(
+        used, loaded.pipe.tokenizer, s.prompt, s.negative_prompt
+    )
+    s = replace(with_native_size(loaded.pipe, s), embeddings=used.embeddings)
+    resolved = replace(resolved, settings=s)
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     with loaded.lock:
         try:
             report = loaded.patcher.set(stack)
             loaded.conds.sync(report)
-            result = _run(mm, loaded, main, resolved, request.batch_size, steps)
+            result = _run(mm, loaded, main, resolved, request.batch_size, steps, used)
         except BaseException as exc:
             loaded.patcher.restore()
             if isinstance(exc, torch.OutOfMemoryError):
@@ -244,6 +255,8 @@ def recall(
             ],
         }
     )
+    for embedding in recipe.embeddings:  # the prompt names them; note any whose file changed
+        _recalled_record(mm, embedding, "embedding", notes)
     result = generate(request, manager=mm, progress=progress, cancel=cancel)
     result.warnings[:0] = notes + compute_notes(recipe, Recipe.model_validate(result.recipe))
     return result

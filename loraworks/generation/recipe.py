@@ -18,6 +18,7 @@ from loraworks.generation.errors import GenerationError
 from loraworks.generation.presets import StackEntry
 from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import GenerateRequest, LoRASpec, LoRAWeight
+from loraworks.generation.textual_inversion import EmbeddingUse
 from loraworks.models import ModelRecord
 
 CHUNK = "loraworks_recipe"
@@ -34,10 +35,18 @@ class RecipeLoRA(RecipeModel):
     weight: LoRAWeight
 
 
+class RecipeEmbedding(RecipeModel):
+    """A textual-inversion embedding the prompts used (by trigger or `embedding:name`; the
+    prompt text itself says where), and which of them used it."""
+
+    used_in: list[str]
+
+
 class Recipe(BaseModel):
     loraworks_version: str
     model: RecipeModel
     loras: list[RecipeLoRA]
+    embeddings: list[RecipeEmbedding] = []
     prompt: str  # the text the encoder saw: tags removed, trigger words appended
     negative_prompt: str | None
     seed: int
@@ -76,6 +85,7 @@ def build_recipe(
     loras: list[StackEntry],
     settings: RenderSettings,
     compute: tuple[torch.device, torch.dtype],
+    embeddings: tuple[EmbeddingUse, ...] = (),
 ) -> Recipe:
     device, dtype = compute
     return Recipe(
@@ -90,6 +100,16 @@ def build_recipe(
                 weight=entry.weight,
             )
             for entry in loras
+        ],
+        embeddings=[
+            RecipeEmbedding(
+                name=use.record.name,
+                key=use.record.key,
+                hash=use.record.hash,
+                base=use.record.base,
+                used_in=list(use.where),
+            )
+            for use in embeddings
         ],
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
