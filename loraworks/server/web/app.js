@@ -9,6 +9,7 @@ const state = {
   settings: null,
   mains: [],        // main model records
   loras: [],        // LoRA records
+  embeddings: [],   // textual-inversion embedding records
   stack: [],        // [{key, name, weight, is_lcm}]
   galleryOffset: 0,
   images: new Map(), // id -> gallery item (with recipe)
@@ -83,6 +84,7 @@ async function loadModels() {
   const all = await api("/api/models");
   state.mains = all.filter((m) => m.type === "main");
   state.loras = all.filter((m) => m.type === "lora");
+  state.embeddings = all.filter((m) => m.type === "embedding");
   const select = $("#model");
   const previous = select.value;
   select.replaceChildren(
@@ -93,6 +95,7 @@ async function loadModels() {
   if (!state.mains.length) select.append(el("option", { value: "" }, "no main model installed"));
   if (state.mains.some((m) => m.key === previous)) select.value = previous;
   renderCards();
+  renderEmbeddingCards();
   renderStack();
   renderModelsTable(all);
 }
@@ -105,15 +108,16 @@ function incompatibility(lora) {
   if (!model) return "pick a main model first";
   // compatible_bases: the engine's rule (a CLIP-L-only LoRA fits SD1 and SDXL)
   if (!lora.compatible_bases.includes(model.base)) {
-    return `${baseLabel(lora.base)} LoRA; the model is ${baseLabel(model.base)}`;
+    const kind = lora.type === "embedding" ? "embedding" : "LoRA";
+    return `${baseLabel(lora.base)} ${kind}; the model is ${baseLabel(model.base)}`;
   }
   return null;
 }
 
 // --- LoRA cards and stack -----------------------------------------------------------------
 
-function insertTrigger(word) {
-  const prompt = $("#prompt");
+function insertTrigger(word, field = "#prompt") {
+  const prompt = $(field);
   const text = prompt.value;
   if (text.split(/[\s,]+/).includes(word)) return;
   const at = prompt.selectionStart ?? text.length;
@@ -166,6 +170,42 @@ function renderCards() {
   if (!cards.length) {
     container.append(el("p", { class: "muted" },
       state.loras.length ? "No LoRA matches the search." : "No LoRA installed yet: drop files into autoimport/lora."));
+  }
+}
+
+// --- embedding cards: their trigger goes into the prompt or the negative prompt -----------
+
+function renderEmbeddingCards() {
+  const cards = [...state.embeddings]
+    .sort((a, b) => (!!incompatibility(a) - !!incompatibility(b)) || a.name.localeCompare(b.name))
+    .map((emb) => {
+      const reason = incompatibility(emb);
+      const word = emb.trigger_words[0] || `embedding:${emb.name}`;
+      const insert = (field, label, testid) =>
+        el("button", { type: "button", "data-testid": testid, disabled: !!reason,
+                       title: `insert ${word} into the ${label}`,
+                       onclick: () => insertTrigger(word, field) }, label);
+      return el("div", {
+        class: "card" + (reason ? " incompatible" : ""),
+        "data-testid": "embedding-card", dataset: { key: emb.key, name: emb.name },
+        title: reason || emb.description || emb.name,
+      },
+        el("div", { class: "body" },
+          el("div", { class: "title" }, emb.name),
+          el("div", { class: "badges" },
+            el("span", { class: "badge", title: "fits " + fitsLabel(emb) }, baseLabel(emb.base)),
+            el("span", { class: "badge" }, `${emb.vectors ?? "?"} vectors`),
+            emb.status !== "ok" ? el("span", { class: "badge error" }, emb.status) : null),
+          reason ? el("div", { class: "reason" }, reason) : null,
+          el("div", { class: "triggers" }, word),
+          insert("#prompt", "prompt", "embedding-to-prompt"),
+          insert("#negative", "negative prompt", "embedding-to-negative")));
+    });
+  const container = $("#embedding-cards");
+  container.replaceChildren(...cards);
+  if (!cards.length) {
+    container.append(el("p", { class: "muted" },
+      "No embedding installed yet: drop files into autoimport/embedding."));
   }
 }
 
@@ -503,7 +543,7 @@ function showPage(name) {
 async function start() {
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showPage(tab.dataset.page));
   $("#gen-form").addEventListener("submit", submit);
-  $("#model").addEventListener("change", () => { renderCards(); renderStack(); });
+  $("#model").addEventListener("change", () => { renderCards(); renderEmbeddingCards(); renderStack(); });
   $("#lora-search").addEventListener("input", renderCards);
   $("#apply-lcm").addEventListener("click", applyLcmSettings);
   $("#cancel").addEventListener("click", cancelCurrent);
