@@ -54,7 +54,8 @@ def bench_resize(base: str, rank: int, to: int, layers: int) -> None:
     result = resize(lora, RankRule(rank=to))
     ours = time.perf_counter() - t0
     print(f"{base} resize {len(lora.layers)} layers r{rank}->r{to}: factored SVD {ours:.2f} s")
-    sample = list(lora.layers.items())[:layers]
+    items = list(lora.layers.items())
+    sample = items[:: max(1, len(items) // layers)]  # spread over the model's widths
     t0 = time.perf_counter()
     worst = 0.0
     for target, layer in sample:
