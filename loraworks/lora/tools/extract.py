@@ -84,15 +84,14 @@ def extract(
             dims[target] = min(wb.shape[0], math.prod(wb.shape[1:]))
     rule.check_dims(dims)
     dtype = dtype or (pairs[0][2].dtype if pairs else torch.float32)
-    result = ToolResult(lora=None)  # type: ignore[arg-type]
-    result.dropped = [t for t, _, _ in pairs if t not in dims]
+    reports: list[LayerReport] = []
     layers = {}
     for i, (target, wb, wt) in enumerate(changed):
         d = (wt.float() - wb.float()).reshape(wb.shape[0], -1)
         new, cut = truncate(Delta(tuple(wb.shape), dense=d), rule, 1.0, dtype, svd)
         if new is not None:
             layers[target] = new
-            result.layers.append(LayerReport(target, cut.rank, cut.retained, cut.error))
+            reports.append(LayerReport(target, cut.rank, cut.retained, cut.error))
         if progress:
             progress(i + 1, len(changed), target)
     if not layers:
@@ -100,5 +99,5 @@ def extract(
             f"the models do not differ (by more than min_diff={min_diff:g}): nothing to extract"
         )
     meta = tool_note("extract", rule=rule.describe(), min_diff=min_diff)
-    result.lora = LoRA(layers=layers, base=found, format="kohya", metadata=meta, name="extracted")
-    return result
+    lora = LoRA(layers=layers, base=found, format="kohya", metadata=meta, name="extracted")
+    return ToolResult(lora, reports, dropped=[t for t, _, _ in pairs if t not in dims])
