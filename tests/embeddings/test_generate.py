@@ -51,7 +51,7 @@ def test_installed_trigger_gives_the_phrase_pixels_and_leaves_nothing_behind(mm,
     vocab, weights = len(pipe.tokenizer), pipeline_weights(pipe)
 
     def run(word: str):
-        prompt, negative = BACKGROUND.format(word), f"blurry, ({word}:1.2)"
+        prompt, negative = BACKGROUND.format(word), f"blurry, {word}"
         return generate(
             tiny_request(base, prompt=prompt, negative_prompt=negative, cfg=7.5), manager=mm
         )

@@ -35,7 +35,7 @@ CASES = {
     "prompt": (BACKGROUND, "blurry"),
     "negative": ("a blue square", BACKGROUND),
     "emphasis": ("a ({}:1.3) on a white background", "blurry"),
-    "negative emphasis": ("a blue square", "(({})), white background"),
+    "negative emphasis": ("a blue square", "(({}:1.2)), on white"),
     "break": ("a blue square BREAK " + BACKGROUND, "blurry"),
 }
 
