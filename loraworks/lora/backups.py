@@ -12,7 +12,8 @@
     way); on the CPU this costs what ``swap`` costs;
   * **file** — not copied at all: a model's loader knows where each weight came from
     (`OriginalWeights`) and reads it back on restore. This is exact because the loaded weights
-    are the file's tensors cast once: reading and casting again gives the same bits. Before a
+    are the file's tensors cast once: reading and casting again gives the same bits (a weight
+    the source does not cover gets a host copy). Before a
     weight is patched its digest (`digest`) is kept, and the source's own identity check
     (size, mtime, inode) runs before anything is read back; a weight that does not read back
     to its digest, or a file that changed, is `LoRARestoreError` — the caller reloads the
@@ -46,13 +47,18 @@ Plan = Literal["swap", "host", "file"]
 class OriginalWeights(Protocol):
     """A loaded model's weights as its loader produced them, read again from their source."""
 
+    def covers(self, component: str, name: str) -> bool:
+        """Whether parameter `name` (a ``named_parameters`` name) of `component` can be read
+        back; the others get a host copy."""
+
     def changed(self) -> str | None:
         """Why the source no longer holds what was loaded (e.g. the file was replaced), or
         None when it still does."""
 
-    def read(self, component: str, names: Sequence[str]) -> Mapping[str, torch.Tensor]:
-        """The loaded value of each named parameter of `component` (``named_parameters``
-        names), in the dtype it was loaded in."""
+    def read(self, component: str, names: Sequence[str]) -> Iterable[tuple[str, torch.Tensor]]:
+        """The loaded value of each named (covered) parameter of `component`, in the dtype it
+        was loaded in, one at a time: the caller copies each into place before the next is
+        read, so a restore never holds more than one file tensor."""
 
 
 def digest(t: torch.Tensor) -> int:
@@ -98,7 +104,7 @@ def plan_strategy(
     extra: dict[Plan, Mapping[torch.device, int]] = {
         "swap": patched,
         "host": {host: sum(patched.values())},
-        "file": {},
+        "file": {host: _uncovered_bytes(targets, originals)},
     }
     plans: list[Plan] = []
     if strategy != "inplace":
@@ -128,12 +134,29 @@ def plan_strategy(
     )
 
 
-def _nbytes(t: PatchTarget) -> int:
-    n = t.module.weight.numel() * t.module.weight.element_size()
+def _patched(t: PatchTarget) -> list[tuple[str, torch.Tensor]]:
+    """The parameters of `t` the stack writes, by name in its component."""
+    params = [(f"{t.path}.weight", t.module.weight)]
     bias = getattr(t.module, "bias", None)
     if isinstance(bias, torch.Tensor) and any(layer.touches_bias for layer, _ in t.items):
-        n += bias.numel() * bias.element_size()
-    return n
+        params.append((f"{t.path}.bias", bias))
+    return params
+
+
+def _nbytes(t: PatchTarget) -> int:
+    return sum(p.numel() * p.element_size() for _, p in _patched(t))
+
+
+def _uncovered_bytes(targets: list[PatchTarget], originals: OriginalWeights | None) -> int:
+    """What the *file* plan still copies to the host: the weights it cannot read back."""
+    if originals is None:
+        return 0
+    return sum(
+        p.numel() * p.element_size()
+        for t in targets
+        for name, p in _patched(t)
+        if not originals.covers(t.comp, name)
+    )
 
 
 @dataclass
@@ -142,7 +165,8 @@ class Backups:
 
     plan: Plan = "swap"
     originals: OriginalWeights | None = None
-    #: swap: (param, its original tensor); host: (param, a host copy)
+    #: swap: (param, its original tensor); host, and file for what it does not cover:
+    #: (param, a host copy)
     kept: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     #: file: (param, component, parameter name, digest of the original)
     in_file: list[tuple[torch.Tensor, str, str, int]] = field(default_factory=list)
@@ -169,11 +193,14 @@ class Backups:
             param.data = new
             self.kept.append((param, orig))
             return
-        if self.plan == "host":
-            self.kept.append((param, _host_copy(orig)))
+        component, name = where.split("/", 1)
+        if self.plan == "file" and self.originals is not None:
+            if self.originals.covers(component, name):
+                self.in_file.append((param, component, name, digest(orig)))
+            else:
+                self.kept.append((param, _host_copy(orig)))
         else:
-            component, name = where.split("/", 1)
-            self.in_file.append((param, component, name, digest(orig)))
+            self.kept.append((param, _host_copy(orig)))
         orig.copy_(value)
 
     def restore(self, pool: dict[int, tuple[torch.Tensor, torch.Tensor]] | None) -> None:
@@ -184,7 +211,7 @@ class Backups:
         failed: list[str] = []
         try:
             for param, orig in reversed(kept):
-                if self.plan == "host":
+                if self.plan != "swap":  # host copies
                     param.data.copy_(orig)
                     continue
                 if pool is not None:
@@ -210,19 +237,20 @@ class Backups:
             return [why]
         failed = []
         for component, group in _by_component(entries).items():
+            wanted = {name: (param, want) for param, name, want in group}
             try:
-                values = self.originals.read(component, [name for _, name, _ in group])
+                for name, value in self.originals.read(component, list(wanted)):
+                    param, want = wanted.pop(name)
+                    if tuple(value.shape) != tuple(param.shape):
+                        failed.append(f"{component}.{name} has another shape in the file")
+                        continue
+                    param.data.copy_(value)
+                    if digest(param.data) != want:
+                        failed.append(f"{component}.{name} reads back different bits")
             except (OSError, ValueError) as exc:
                 failed.append(f"{component}: {exc}")
                 continue
-            for param, name, want in group:
-                value = values.get(name)
-                if value is None or tuple(value.shape) != tuple(param.shape):
-                    failed.append(f"{component}.{name} is not in the file")
-                    continue
-                param.data.copy_(value)
-                if digest(param.data) != want:
-                    failed.append(f"{component}.{name} reads back different bits")
+            failed.extend(f"{component}.{name} is not in the file" for name in wanted)
         return failed
 
 

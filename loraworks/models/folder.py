@@ -23,6 +23,7 @@ from loraworks.models.assign import assign, empty, fit_text_keys
 from loraworks.models.errors import ModelError
 from loraworks.models.lazyweights import LazyWeights, stored_bytes
 from loraworks.models.loadevents import LoadProgress, announced
+from loraworks.models.originals import FileOriginals, storages
 
 #: the model components read here, in load order (as for single files)
 COMPONENTS = ("text_encoder", "text_encoder_2", "vae", "unet")
@@ -67,7 +68,9 @@ def model_components(folder: Path) -> list[Component]:
     return found
 
 
-def _build(component: Component, dtype: torch.dtype) -> torch.nn.Module:
+def _build(
+    component: Component, dtype: torch.dtype, originals: FileOriginals | None
+) -> torch.nn.Module:
     folder = component.weights.parent
     cls = getattr(importlib.import_module(component.library), component.class_name)
     if component.library == "diffusers":
@@ -77,6 +80,7 @@ def _build(component: Component, dtype: torch.dtype) -> torch.nn.Module:
         model = empty(lambda: cls(config))
     weights = LazyWeights(component.weights)
     state = weights.take(list(weights.shapes), dtype)
+    read = storages(state)
     if component.library == "diffusers":
         model._fix_state_dict_keys_on_load(state)  # attention names of older diffusers
     else:
@@ -84,7 +88,10 @@ def _build(component: Component, dtype: torch.dtype) -> torch.nn.Module:
         expected = model.state_dict()
         # transformers < 4.31 saved CLIP's position ids, a buffer the model now builds
         state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
-    return assign(model, state, f"{component.name} of {folder.parent.name}")
+    model = assign(model, state, f"{component.name} of {folder.parent.name}")
+    if originals is not None:
+        originals.add(component.name, weights, dtype, model, read)
+    return model
 
 
 def folder_bytes(folder: Path, dtype: torch.dtype) -> int:
@@ -98,12 +105,14 @@ def load_folder(
     folder: Path,
     dtype: torch.dtype | None = None,
     progress: LoadProgress | None = None,
+    originals: FileOriginals | None = None,
     **kwargs: Any,
 ):
     """`cls.from_pretrained(folder)`, offline, with the model components built here: each on
     the meta device, given its file's tensors cast to `dtype` (float32 when None) one at a
-    time. `progress` hears of each component as it starts."""
+    time. `progress` hears of each component as it starts; `originals`, when given, notes
+    where each weight came from."""
     dtype = dtype or torch.float32
     components = {c.name: c for c in model_components(folder)}
-    parts = {name: _build(c, dtype) for name, c in announced(components, progress)}
+    parts = {name: _build(c, dtype, originals) for name, c in announced(components, progress)}
     return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, **parts, **kwargs)

@@ -12,6 +12,7 @@ import torch
 from loraworks.models.errors import ModelError
 from loraworks.models.folder import folder_bytes, load_folder
 from loraworks.models.loadevents import LoadProgress
+from loraworks.models.originals import FileOriginals
 from loraworks.models.records import ModelRecord
 from loraworks.models.singlefile import checkpoint_bytes, load_checkpoint
 
@@ -27,12 +28,14 @@ def load_pipeline(
     cache: Path,
     dtype: torch.dtype | None = None,
     progress: LoadProgress | None = None,
+    originals: FileOriginals | None = None,
     **kwargs: Any,
 ):
     """`StableDiffusionPipeline` or `StableDiffusionXLPipeline` for `record`, its weights in
     `dtype` (float32 when None); `kwargs` go to the pipeline. Folders load with
     `local_files_only`; single files never touch the hub at all. `progress` hears of each
-    model component (UNet, VAE, text encoders) as it starts loading."""
+    model component (UNet, VAE, text encoders) as it starts loading; `originals` is told
+    where each weight of a safetensors file came from (the patcher's *file* strategy)."""
     cls = pipeline_class(record.base or "sd1")
     if record.base != "sdxl":
         kwargs.setdefault("safety_checker", None)
@@ -40,10 +43,12 @@ def load_pipeline(
         kwargs.setdefault("feature_extractor", None)
     with _load_errors(record), _without_loading_bars():
         if record.format == "diffusers":
-            return load_folder(cls, record.path, dtype, progress, **kwargs)
+            return load_folder(cls, record.path, dtype, progress, originals, **kwargs)
         if record.format == "checkpoint":
             base = record.base or "sd1"
-            return load_checkpoint(cls, record.path, base, cache, dtype, progress, **kwargs)
+            return load_checkpoint(
+                cls, record.path, base, cache, dtype, progress, originals, **kwargs
+            )
     raise ModelError(f"'{record.name}': no loader for format '{record.format}'")
 
 

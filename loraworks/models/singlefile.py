@@ -23,6 +23,7 @@ from loraworks.models.assign import assign, empty, fit_text_keys
 from loraworks.models.errors import ModelError
 from loraworks.models.lazyweights import LazyWeights, stored_bytes
 from loraworks.models.loadevents import LoadProgress, announced
+from loraworks.models.originals import FileOriginals, storages
 from loraworks.models.tokenizer import clip_tokenizer
 
 UNET = "model.diffusion_model."
@@ -235,7 +236,7 @@ def _text_encoder(
 
     model = empty(lambda: cls(config))
     if open_clip:
-        state = convert_open_clip_checkpoint(model, sd, prefix=prefix)
+        state = _in_proj_views(convert_open_clip_checkpoint(model, sd, prefix=prefix), sd, prefix)
     else:
         state = convert_ldm_clip_checkpoint(sd, remove_prefix=prefix)
     state = fit_text_keys(state, model)
@@ -243,6 +244,27 @@ def _text_encoder(
     # CLIP-L's position ids, in published files: a buffer the model builds itself
     state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
     return assign(model, state, "checkpoint's text encoder")
+
+
+_IN_PROJ = re.compile(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
+
+
+def _in_proj_views(
+    state: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], prefix: str
+) -> dict[str, torch.Tensor]:
+    """open_clip's q/k/v as views of the file's `in_proj` instead of diffusers' copies: the
+    same values (checked), no second copy while loading, and a weight the *file* patching
+    strategy can read back (`loraworks.models.originals`) rather than keep a host copy of."""
+    for key, tensor in sd.items():
+        found = _IN_PROJ.fullmatch(key.removeprefix(prefix))
+        if found is None:
+            continue
+        layer, leaf = found.groups()
+        for part, view in zip("qkv", tensor.chunk(3), strict=True):
+            name = f"text_model.encoder.layers.{layer}.self_attn.{part}_proj.{leaf}"
+            if name in state and torch.equal(state[name], view):
+                state[name] = view
+    return state
 
 
 def _beyond(key: str, layers: int) -> bool:
@@ -265,6 +287,7 @@ def load_checkpoint(
     cache: Path,
     dtype: torch.dtype | None = None,
     progress: LoadProgress | None = None,
+    originals: FileOriginals | None = None,
     **kwargs: Any,
 ):
     """Build `cls` (a diffusers SD or SDXL pipeline) from a single-file checkpoint.
@@ -272,14 +295,19 @@ def load_checkpoint(
     Each component is built on the meta device and given the file's tensors cast to `dtype`
     (float32 when None), read one at a time (`LazyWeights`): the load peaks near the
     pipeline's size in `dtype`, and every weight is bit for bit `tensor.to(dtype)` of the
-    file's. `progress` hears of each component as it starts."""
+    file's. `progress` hears of each component as it starts; `originals`, when given, notes
+    where each weight came from, to be read again after a patch in place."""
     from diffusers import EulerDiscreteScheduler
 
+    dtype = dtype or torch.float32
     weights = LazyWeights(path)
-    parts: dict[str, Any] = {
-        name: build(weights.take(keys, dtype or torch.float32))
-        for name, (keys, build) in announced(_parts(weights, base), progress)
-    }
+    parts: dict[str, Any] = {}
+    for name, (keys, build) in announced(_parts(weights, base), progress):
+        state = weights.take(keys, dtype)
+        read = storages(state)
+        parts[name] = build(state)
+        if originals is not None:
+            originals.add(name, weights, dtype, parts[name], read)
     cfg = template(base)
     for name in TEXT_ENCODERS[base]:
         tok_name = name.replace("text_encoder", "tokenizer")

@@ -6,7 +6,7 @@ changed is detected, never read back silently."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,10 +47,13 @@ class FileOriginals:
                 return f"{path.name} changed on disk since the model was loaded"
         return None
 
-    def read(self, component: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def covers(self, component: str, name: str) -> bool:
+        return component in self.files
+
+    def read(self, component: str, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
         with safe_open(str(self.files[component]), "pt") as f:
             keys = set(f.keys())
-            return {n: f.get_tensor(n) for n in names if n in keys}
+            yield from ((n, f.get_tensor(n)) for n in names if n in keys)
 
 
 def _model(base: str, dtype: torch.dtype):
