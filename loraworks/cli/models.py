@@ -35,6 +35,17 @@ class TypeChoice(StrEnum):
     embedding = "embedding"
 
 
+class FewStepChoice(StrEnum):
+    """`models.fewstep.FewStep` (not imported: the CLI loads the models package lazily)."""
+
+    lcm = "lcm"
+    tcd = "tcd"
+    lightning = "lightning"
+    hyper = "hyper"
+    pcm = "pcm"
+    none = "none"
+
+
 class BaseChoice(StrEnum):
     sd1 = "sd1"
     sd2 = "sd2"
@@ -110,13 +121,31 @@ def _format(record: ModelRecord) -> str:
     return f"{record.format} ({', '.join(parts)})" if parts else record.format
 
 
+def fewstep_label(record: ModelRecord) -> str:
+    """`lightning 4-step`, `lcm`, or nothing for an ordinary model."""
+    if record.fewstep == "none":
+        return ""
+    steps = f" {record.fewstep_steps}-step" if record.fewstep_steps else ""
+    return record.fewstep + steps
+
+
 def _base(record: ModelRecord) -> str:
     """The probed base, plus the others it fits: `--base sd1` lists a CLIP-L-only SDXL LoRA."""
     others = [b for b in record.compatible_bases if b != record.base]
     return (record.base or "?") + (f" (+{', '.join(others)})" if others else "")
 
 
-LIST_COLUMNS = ("name", "type", "base", "format", "LCM", "weight", "trigger words", "status", "key")
+LIST_COLUMNS = (
+    "name",
+    "type",
+    "base",
+    "format",
+    "few-step",
+    "weight",
+    "trigger words",
+    "status",
+    "key",
+)
 
 MIN_STATUS_WIDTH = 12
 """The status column's width when the other columns leave less (they wrap instead): an error
@@ -129,7 +158,7 @@ def _list_row(r: ModelRecord) -> dict[str, Text]:
         r.type,
         _base(r),
         _format(r),
-        "yes" if r.is_lcm else "",
+        fewstep_label(r),
         "" if r.default_weight is None else f"{r.default_weight:g}",
         ", ".join(r.trigger_words),
         _status(r),
@@ -168,7 +197,7 @@ def list_models(
     as_json: bool = JsonOption,
     root: Path | None = RootOption,
 ) -> None:
-    """List models with their base, format, LCM flag, trigger words and status."""
+    """List models with their base, format, few-step family, trigger words and status."""
     with _manager(root, quiet=as_json) as mm:
         records = mm.list(type=_value(type), base=_value(base))
         if as_json:
@@ -257,9 +286,9 @@ def install(
         elif record.key in before:
             say(f"already installed as '{record.name}' (same content)")
         else:
-            lcm = ", LCM" if record.is_lcm else ""
+            family = f", {fewstep_label(record)}" if record.fewstep != "none" else ""
             say(
-                f"installed {record.type} '{record.name}' ({record.base}, {record.format}{lcm}) "
+                f"installed {record.type} '{record.name}' ({record.base}, {record.format}{family}) "
                 f"key {record.key}"
             )
 
@@ -287,14 +316,22 @@ def edit(
     weight: float | None = typer.Option(None, "--weight", help="default weight"),
     clear_weight: bool = typer.Option(False, "--clear-weight", help="forget the default weight"),
     description: str | None = typer.Option(None, "--description"),
+    fewstep: FewStepChoice | None = typer.Option(
+        None, "--fewstep", help="few-step family: which config.toml preset the LoRA brings"
+    ),
     as_json: bool = JsonOption,
     root: Path | None = RootOption,
 ) -> None:
-    """Change name, trigger words, default weight or description (kept across rescans)."""
+    """Change name, trigger words, default weight, description or few-step family (kept across
+    rescans)."""
     from loraworks.models.metadata import split_words
 
     changes: dict[str, Any] = {}
-    for key, value in (("name", new_name), ("description", description)):
+    for key, value in (
+        ("name", new_name),
+        ("description", description),
+        ("fewstep", _value(fewstep)),
+    ):
         if value is not None:
             changes[key] = value
     if triggers is not None:
@@ -305,7 +342,7 @@ def edit(
         changes["default_weight"] = None
     with _manager(root, quiet=as_json) as mm:
         if not changes:
-            fail("nothing to change: give --name, --triggers, --weight or --description")
+            fail("nothing to change: give --name, --triggers, --weight, --description or --fewstep")
         record = mm.update(mm.get(name).key, **changes)
         if as_json:
             _dump(record.model_dump(mode="json"))

@@ -46,7 +46,11 @@ class Resolved:
 def _lcm_mode(request: GenerateRequest, main: ModelRecord, stack: list[StackEntry]) -> bool:
     """LCM defaults fill whatever the request leaves unset; set fields are kept (and warned
     about when they do not suit LCM)."""
-    return request.preset == "lcm" or main.is_lcm or any(e.record.is_lcm for e in stack)
+    return (
+        request.preset == "lcm"
+        or main.fewstep == "lcm"
+        or any(e.record.fewstep == "lcm" for e in stack)
+    )
 
 
 def _weight(entry: StackEntry, lcm: bool, config: Config) -> Strength:
@@ -54,7 +58,7 @@ def _weight(entry: StackEntry, lcm: bool, config: Config) -> Strength:
         return entry.weight
     if lcm:
         preset = config.lcm
-        return preset.lcm_lora_weight if entry.record.is_lcm else preset.other_lora_weight
+        return preset.lcm_lora_weight if entry.record.fewstep == "lcm" else preset.other_lora_weight
     if entry.record.default_weight is not None:
         return entry.record.default_weight
     return config.generation.lora_weight
@@ -75,8 +79,8 @@ def with_trigger_words(prompt: str, stack: list[StackEntry]) -> str:
 def _lcm_warnings(
     main: ModelRecord, stack: list[StackEntry], s: RenderSettings, preset_asked: bool
 ) -> list[str]:
-    lcm_loras = [e.record.name for e in stack if e.record.is_lcm]
-    if preset_asked and not lcm_loras and not main.is_lcm:
+    lcm_loras = [e.record.name for e in stack if e.record.fewstep == "lcm"]
+    if preset_asked and not lcm_loras and main.fewstep != "lcm":
         return [
             "preset 'lcm' without an LCM-LoRA: unless the main model is LCM-distilled, "
             "4 steps at CFG 1 give a blurry image; add an LCM-LoRA for this base"

@@ -93,6 +93,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE models ADD COLUMN bundled_embeddings TEXT;
     UPDATE models SET bundled_embeddings = '[]' WHERE type != 'lora';
     """,
+    # 6: few-step families beyond LCM (#18): `is_lcm` becomes `fewstep` ('lcm' or 'none' for
+    # older rows; a rescan or `models edit --fewstep` sets the others) and the step count the
+    # file states.
+    """
+    ALTER TABLE models ADD COLUMN fewstep TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE models ADD COLUMN fewstep_steps INTEGER;
+    UPDATE models SET fewstep = 'lcm' WHERE is_lcm != 0;
+    ALTER TABLE models DROP COLUMN is_lcm;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

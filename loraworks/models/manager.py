@@ -18,6 +18,7 @@ from loraworks.models import autoimport
 from loraworks.models.config import Config
 from loraworks.models.database import Database
 from loraworks.models.errors import ModelError, ModelNotFound
+from loraworks.models.fewstep import FEWSTEP_FAMILIES
 from loraworks.models.guard import InstallGuard
 from loraworks.models.images import Gallery
 from loraworks.models.install import clean_leftovers, copy_into, discard, install_lock
@@ -142,10 +143,17 @@ class ModelManager:
         trigger_words: list[str] = _UNSET,
         default_weight: float | None = _UNSET,
         description: str = _UNSET,
+        fewstep: str = _UNSET,
     ) -> ModelRecord:
         """Change user-editable fields; edited fields are kept across rescans."""
         key = self._stored(key).key
         changes: dict[str, Any] = {}
+        if fewstep is not _UNSET:
+            if fewstep not in FEWSTEP_FAMILIES:
+                raise ModelError(
+                    f"unknown few-step family '{fewstep}': one of {', '.join(FEWSTEP_FAMILIES)}"
+                )
+            changes["fewstep"] = fewstep
         if trigger_words is not _UNSET:
             changes["trigger_words"] = [w.strip() for w in trigger_words if w.strip()]
         if default_weight is not _UNSET:

@@ -1,4 +1,5 @@
-"""Telling what a file or folder is: model type, base (SD1/SD2/SDXL), format, LCM or not.
+"""Telling what a file or folder is: model type, base (SD1/SD2/SDXL), format, few-step
+family (`fewstep`).
 
 LoRAs are parsed by the engine (`loraworks.lora.load_lora`); main models and VAEs are read
 from their tensor shapes and configs here. Nothing is loaded that can run code.
@@ -24,6 +25,7 @@ from loraworks.lora.files import (
     pickle_weights,
 )
 from loraworks.models.errors import ModelError, UnsafeFileError
+from loraworks.models.fewstep import FewStepFacts, detect_fewstep
 from loraworks.models.hashing import hash_file, hash_files, hash_folder
 from loraworks.models.progress import ProgressCallback
 from loraworks.models.records import BaseName, BundledEmbedding, ModelType
@@ -31,20 +33,6 @@ from loraworks.models.safefiles import model_errors, read_header, read_weights
 
 LORA_WEIGHT_NAMES = DIFFUSERS_WEIGHT_NAMES + PEFT_WEIGHT_NAMES
 LDM_UNET_PREFIX = "model.diffusion_model."
-
-# Words that mark an LCM(-LoRA) in metadata values or names.
-_LCM_WORD = re.compile(r"(?<![a-z])(lcm|latent[ _-]?consistency)(?![a-z])", re.IGNORECASE)
-# Metadata keys whose text describes the model (not its training captions).
-_DESCRIPTIVE_KEYS = (
-    "modelspec.title",
-    "modelspec.architecture",
-    "modelspec.description",
-    "modelspec.tags",
-    "ss_output_name",
-    "ss_training_comment",
-    "ss_network_module",
-    "lora_adapter_metadata",
-)
 
 
 @dataclass
@@ -56,7 +44,8 @@ class Probe:
     format: str
     hash: str
     weights: Path  # the file (or folder) whose content the hash covers
-    is_lcm: bool = False
+    #: a LoRA's few-step family and the step count its name or metadata states
+    fewstep: FewStepFacts = field(default_factory=FewStepFacts)
     metadata: dict[str, Any] = field(default_factory=dict)
     #: main-model bases the tensors fit; a LoRA's come from the engine, others fit their own
     compatible_bases: list[BaseName] = field(default_factory=list)
@@ -279,32 +268,11 @@ def _lora_probe(
         format=container or parsed.format,
         hash=content_hash(source, progress),
         weights=weights,
-        is_lcm=is_lcm_lora(list(parsed.layers), metadata, name),
+        fewstep=detect_fewstep(list(parsed.layers), metadata, name),
         metadata=metadata,
         base_evidence=list(parsed.base_evidence),
         warnings=list(parsed.warnings),
     )
-
-
-def is_lcm_lora(targets: list[str], metadata: dict[str, str], name: str) -> bool:
-    """LCM-LoRA by metadata, then by the layout of LCM distillation files, then by name.
-
-    Published LCM-LoRAs (and `train_lcm_distill_lora_*`) adapt the whole UNet — attention,
-    resnet convolutions and `time_emb_proj` — and no text encoder, and carry no kohya `ss_*`
-    training facts; concept LoRAs almost always touch the text encoder or only attention.
-    """
-    if any(_LCM_WORD.search(str(metadata.get(k, ""))) for k in _DESCRIPTIVE_KEYS):
-        return True
-    unet_only = bool(targets) and all(t.startswith("unet.") for t in targets)
-    full_unet = (
-        any("time_emb_proj" in t for t in targets)
-        and any(".resnets." in t for t in targets)
-        and any(".attentions." in t for t in targets)
-    )
-    kohya_trained = any(k.startswith("ss_") for k in metadata)
-    if unet_only and full_unet and not kohya_trained:
-        return True
-    return bool(_LCM_WORD.search(name.replace("_", " ")))
 
 
 # --- main models and VAEs -------------------------------------------------------------------

@@ -8,12 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 
+from loraworks.models.fewstep import FewStep
+
 ModelType = Literal["main", "lora", "vae", "embedding"]
 BaseName = Literal["sd1", "sd2", "sdxl"]
 Status = Literal["ok", "missing", "error"]
 
 # Fields a user may edit; an edited field is never overwritten by a rescan.
-EDITABLE_FIELDS = ("name", "trigger_words", "default_weight", "description")
+EDITABLE_FIELDS = ("name", "trigger_words", "default_weight", "description", "fewstep")
 
 
 class BundledEmbedding(BaseModel):
@@ -54,7 +56,11 @@ class ModelRecord(BaseModel):
     source: str
     trigger_words: list[str] = []
     default_weight: float | None = None
-    is_lcm: bool = False
+    #: a LoRA's few-step family (`models.fewstep`): which `config.toml` preset it brings
+    #: (scheduler, spacing, eta, steps, CFG, weights); "none" for ordinary LoRAs
+    fewstep: FewStep = "none"
+    #: the step count the file was distilled for, as its name or metadata says (None: unstated)
+    fewstep_steps: int | None = None
     description: str = ""
     metadata: dict[str, Any] = {}
     preview_path: Path | None = None

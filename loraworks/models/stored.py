@@ -54,7 +54,6 @@ class StoredModel(ModelRecord):
             if col in data:
                 data[col] = json.loads(data[col])
         data["in_place"] = bool(data["in_place"])
-        data["is_lcm"] = bool(data["is_lcm"])
         return cls.model_validate(data)
 
     def to_row(self) -> dict[str, Any]:
@@ -64,7 +63,6 @@ class StoredModel(ModelRecord):
         data["path"] = str(self.path)
         data["preview_path"] = str(self.preview_path) if self.preview_path else None
         data["in_place"] = int(self.in_place)
-        data["is_lcm"] = int(self.is_lcm)
         return data
 
     def public(self) -> ModelRecord:
@@ -126,7 +124,8 @@ def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) 
         "hash": found.hash,
         "size": fp.size,
         "mtime_ns": fp.mtime_ns,
-        "is_lcm": found.is_lcm,
+        "fewstep": found.fewstep.family,
+        "fewstep_steps": found.fewstep.steps,
         "metadata": facts.metadata,
         "preview_path": facts.preview_path,
         "trigger_words": facts.trigger_words or found.triggers,

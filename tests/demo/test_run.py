@@ -26,8 +26,8 @@ def test_demo_installs_through_the_manager_and_every_row_draws(tmp_path):
     star = mm.get(STAR_NAME, type="lora")
     lcm = mm.get(LCM_NAME, type="lora")
     assert base.base == star.base == lcm.base == "sd1"
-    assert star.trigger_words == ["zkstar"] and not star.is_lcm
-    assert lcm.is_lcm
+    assert star.trigger_words == ["zkstar"] and star.fewstep == "none"
+    assert lcm.fewstep == "lcm"
     assert (mm.paths.autoimport_lora / f"{STAR_NAME}.safetensors").is_file()
     install_demo(mm)  # a second run installs nothing new
     assert len(mm.list()) == 3

@@ -157,6 +157,9 @@ def test_migration_5_lists_the_bundles_of_loras_recorded_before(mm, tmp_path):
     with sqlite3.connect(db) as c:  # the schema before embeddings
         c.execute("ALTER TABLE models DROP COLUMN vectors")
         c.execute("ALTER TABLE models DROP COLUMN bundled_embeddings")
+        c.execute("ALTER TABLE models DROP COLUMN fewstep")  # and migration 6's
+        c.execute("ALTER TABLE models DROP COLUMN fewstep_steps")
+        c.execute("ALTER TABLE models ADD COLUMN is_lcm INTEGER NOT NULL DEFAULT 0")
         c.execute("UPDATE schema_version SET version = 4")
     c.close()
     reopened = ModelManager.open(root)

@@ -14,7 +14,7 @@ from loraworks.models.config import Config
 from tests.generation.conftest import fake_record
 
 MAIN = fake_record("main", "main")
-LCM = fake_record("lcm", is_lcm=True)
+LCM = fake_record("lcm", fewstep="lcm")
 STYLE = fake_record("style", default_weight=0.9)
 PLAIN = fake_record("plain")
 

@@ -16,7 +16,7 @@ from loraworks.lora.keys import (
     text_encoder_candidates,
     unflatten,
 )
-from loraworks.models.probe import is_lcm_lora
+from loraworks.models.fewstep import has_lcm_layout
 from tests.fixtures.models import build_components, unet_config
 from tests.lora_parity.sgm import sdxl_sgm_name
 
@@ -59,10 +59,10 @@ def test_lcm_layout_is_recognised():
     targets = [
         "unet." + unflatten(n[len("lora_unet_") :]) for n in _lines("lcm_lora_sdv1_5_keys.txt")
     ]
-    assert is_lcm_lora(targets, {}, "pytorch_lora_weights")
+    assert has_lcm_layout(targets, {})
     te = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
-    assert not is_lcm_lora([*targets, te], {}, "pytorch_lora_weights")
-    assert not is_lcm_lora(targets, {"ss_network_module": "networks.lora"}, "style")
+    assert not has_lcm_layout([*targets, te], {})
+    assert not has_lcm_layout(targets, {"ss_network_module": "networks.lora"})
 
 
 @pytest.mark.parametrize(

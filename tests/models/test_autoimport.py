@@ -42,7 +42,12 @@ def test_drop_folder_listing_duplicate_and_missing(root, cli):
     }
     for name, (base, fmt, lcm) in expected.items():
         r = records[name]
-        assert (r["base"], r["format"], r["is_lcm"], r["status"]) == (base, fmt, lcm, "ok"), r
+        assert (r["base"], r["format"], r["fewstep"] == "lcm", r["status"]) == (
+            base,
+            fmt,
+            lcm,
+            "ok",
+        ), r
     broken = records["broken"]
     assert broken["status"] == "error"
     assert "not a valid safetensors file" in broken["error"]

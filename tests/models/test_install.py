@@ -66,7 +66,7 @@ def test_in_place_and_folder_installs(mm, tmp_path):
     record = mm.install(src, copy=False)
     assert (record.in_place, record.path) == (True, src)
     lcm = mm.install(write_lcm_folder(tmp_path / "LCM_LoRA_SD15"))
-    assert (lcm.format, lcm.is_lcm) == ("diffusers", True)
+    assert (lcm.format, lcm.fewstep) == ("diffusers", "lcm")
     assert (lcm.path / "pytorch_lora_weights.safetensors").is_file()
     mm.remove(lcm.key)
     assert not (mm.paths.models / lcm.key).exists()

@@ -114,7 +114,7 @@ def test_diffusers_folder_with_bin_weights(mm, tmp_path):
     good.mkdir()
     torch.save(lcm_sd1_tensors(), good / "pytorch_lora_weights.bin")
     record = mm.install(good)
-    assert (record.format, record.base, record.is_lcm) == ("diffusers", "sd1", True)
+    assert (record.format, record.base, record.fewstep) == ("diffusers", "sd1", "lcm")
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil-folder"
