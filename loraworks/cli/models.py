@@ -229,6 +229,8 @@ def show(
                 continue
             if field == "format":
                 value = _format(record)
+            if field == "hashes":  # A1111/Civitai hashes (docs/interop.md)
+                value = "\n".join(f"{kind} {digest}" for kind, digest in value.items())
             if isinstance(value, list):  # evidence and warnings are sentences: one per line
                 sep = "\n" if field in ("base_evidence", "warnings") else ", "
                 value = sep.join(map(str, value))

@@ -102,6 +102,11 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE models SET fewstep = 'lcm' WHERE is_lcm != 0;
     ALTER TABLE models DROP COLUMN is_lcm;
     """,
+    # 7: the hashes A1111 and Civitai know a model by (#19, `autohashes`); NULL until the
+    # manager re-reads the file on open (`ModelManager._finish_hash_migration`).
+    """
+    ALTER TABLE models ADD COLUMN hashes TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -183,6 +188,19 @@ class Database:
         """LoRA rows from before migrations 2–5: some of `REPROBED_COLUMNS` unknown."""
         unknown = " OR ".join(f"{col} IS NULL" for col in REPROBED_COLUMNS)
         return self.models(f"WHERE type = 'lora' AND ({unknown})")
+
+    def unhashed(self) -> list[StoredModel]:
+        """Usable rows from before migration 7, whose `hashes` are unknown."""
+        return self.models("WHERE hashes IS NULL AND status = 'ok'")
+
+    def set_hashes(self, key: str, content: str, hashes: dict[str, str]) -> None:
+        """Fill one migrated row's `hashes`, if its content is still `content` and no other
+        process (or rescan) filled them meanwhile."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE models SET hashes = ? WHERE key = ? AND hash = ? AND hashes IS NULL",
+                (json.dumps(hashes), key, content),
+            )
 
     def set_probed_facts(self, key: str, facts: dict[str, Any]) -> None:
         """Fill one migrated row's `REPROBED_COLUMNS`; what another process filled (or

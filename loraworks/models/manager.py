@@ -25,7 +25,7 @@ from loraworks.models.install import clean_leftovers, copy_into, discard, instal
 from loraworks.models.metadata import card_facts, sidecar_base
 from loraworks.models.names import sanitize_name
 from loraworks.models.paths import RootPaths, resolve_root
-from loraworks.models.probe import probe
+from loraworks.models.probe import content_hashes, probe, single_file
 from loraworks.models.progress import ByteCounter, ProgressCallback
 from loraworks.models.records import (
     BaseName,
@@ -72,6 +72,7 @@ class ModelManager:
         mm = cls(paths, config, Database(paths.database))
         mm._clean_interrupted_installs()
         mm._finish_lora_migrations()
+        mm._finish_hash_migration()
         if scan:
             mm.last_scan = mm.scan()
         return mm
@@ -295,6 +296,23 @@ class ModelManager:
                 if found is not None and found.hash == stored.hash:
                     facts = {col: getattr(found, col) for col in REPROBED_COLUMNS}
             self.db.set_probed_facts(stored.key, facts)
+
+    def _finish_hash_migration(self) -> None:
+        """Finish migration 7 once: the A1111/Civitai hashes of models recorded before records
+        held them (one read of each file; folders A1111 cannot load have none). A file that is
+        gone, changed or unreadable stays without them until a rescan reads it."""
+        rows = self.db.unhashed()
+        if rows:
+            log.info("hashing %d model(s) recorded by an earlier version", len(rows))
+        for stored in rows:
+            if single_file(stored.path) is None and stored.path.is_dir():
+                self.db.set_hashes(stored.key, stored.hash or "", {})
+                continue
+            try:
+                digest, hashes = content_hashes(stored.path, stored.type, stored.metadata)
+            except (ModelError, OSError):
+                continue
+            self.db.set_hashes(stored.key, digest, hashes)
 
     def _clean_interrupted_installs(self) -> None:
         with install_lock(self.paths.install_lock, exclusive=True, wait=False) as held:

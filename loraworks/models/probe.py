@@ -24,9 +24,10 @@ from loraworks.lora.files import (
     load_pickle,
     pickle_weights,
 )
+from loraworks.models.autohashes import auto_hashes
 from loraworks.models.errors import ModelError, UnsafeFileError
 from loraworks.models.fewstep import FewStepFacts, detect_fewstep
-from loraworks.models.hashing import hash_file, hash_files, hash_folder
+from loraworks.models.hashing import digest_file, hash_file, hash_files, hash_folder
 from loraworks.models.progress import ProgressCallback
 from loraworks.models.records import BaseName, BundledEmbedding, ModelType
 from loraworks.models.safefiles import model_errors, read_header, read_weights
@@ -60,6 +61,8 @@ class Probe:
     triggers: list[str] = field(default_factory=list)
     #: the embeddings a LoRA file carries (``bundle_emb.*``)
     bundled_embeddings: list[BundledEmbedding] = field(default_factory=list)
+    #: A1111/Civitai hashes (`autohashes.auto_hashes`), read in the same pass as `hash`
+    hashes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.compatible_bases:
@@ -95,6 +98,33 @@ def content_hash(path: Path, progress: ProgressCallback | None = None) -> str:
             return hash_files([weights, config], progress=progress)
         return hash_file(weights, progress)
     return hash_file(path, progress)
+
+
+def single_file(path: Path) -> Path | None:
+    """The one file A1111 could load for `path`, whose hashes it knows: the file itself, a
+    diffusers LoRA folder's weights file (the content hash covers it alone); None for other
+    folders."""
+    if is_lora_folder(path):
+        weights = lora_weights_file(path)
+        peft = weights.name in PEFT_WEIGHT_NAMES and (path / PEFT_CONFIG_NAME).is_file()
+        return None if peft else weights
+    return None if path.is_dir() else path
+
+
+def content_hashes(
+    path: Path,
+    kind: ModelType,
+    metadata: dict[str, Any],
+    progress: ProgressCallback | None = None,
+) -> tuple[str, dict[str, str]]:
+    """`content_hash(path)` and, in the same read, the A1111/Civitai hashes of what A1111 can
+    load as one file (`single_file`); none for other folders."""
+    target = single_file(path)
+    if target is None:
+        return content_hash(path, progress), {}
+    safetensors = target.suffix.lower() == ".safetensors"
+    digests = digest_file(target, progress, sha256=True, after_header=safetensors)
+    return digests.content, auto_hashes(kind, digests, metadata, safetensors)
 
 
 def probe(
@@ -145,13 +175,15 @@ def probe(
                 f"{path.name}: a full model checkpoint, not a {what} (put it in "
                 "autoimport/main or install it as a main model)"
             )
+        digest, hashes = content_hashes(path, "main", metadata, progress)
         return Probe(
             type="main",
             base=_base_from_checkpoint(path.name, shapes),
             format="checkpoint",
-            hash=content_hash(path, progress),
+            hash=digest,
             weights=path,
             metadata=metadata,
+            hashes=hashes,
         )
     if embeddings.is_embedding(shapes):
         return _probe_embedding(path, expect, progress)
@@ -162,13 +194,15 @@ def probe(
             "in autoimport/main"
         )
     if expect != "lora" and _looks_like_vae(shapes):
+        digest, hashes = content_hashes(path, "vae", metadata, progress)
         return Probe(
             type="vae",
             base="sdxl" if re.search(r"xl", path.name, re.IGNORECASE) else "sd1",
             format="checkpoint",
-            hash=content_hash(path, progress),
+            hash=digest,
             weights=path,
             metadata=metadata,
+            hashes=hashes,
         )
     parsed = _load_with_engine(weights or read_weights(path, header), path.name)
     found = _lora_probe(parsed, path, path, path.stem, progress=progress)
@@ -199,12 +233,14 @@ def _probe_embedding(
             "autoimport/embedding or install it as an embedding)"
         )
     found = _read_embeddings(path, embeddings.read_embedding)
+    digest, hashes = content_hashes(path, "embedding", {}, progress)
     return Probe(
         type="embedding",
         base=found.base,
         compatible_bases=list(found.compatible_bases),
         format=found.format,
-        hash=content_hash(path, progress),
+        hash=digest,
+        hashes=hashes,
         weights=path,
         vectors=found.count,
         triggers=[embeddings.default_name(path)],
@@ -260,13 +296,15 @@ def _lora_probe(
     progress: ProgressCallback | None = None,
 ) -> Probe:
     metadata = dict(parsed.metadata or {})
+    digest, hashes = content_hashes(source, "lora", metadata, progress)
     return Probe(
         type="lora",
         base=parsed.base,
         compatible_bases=sorted(parsed.compatible_bases),
         layer_kinds=dict(sorted(parsed.kinds.items())),
         format=container or parsed.format,
-        hash=content_hash(source, progress),
+        hash=digest,
+        hashes=hashes,
         weights=weights,
         fewstep=detect_fewstep(list(parsed.layers), metadata, name),
         metadata=metadata,

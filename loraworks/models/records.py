@@ -52,6 +52,9 @@ class ModelRecord(BaseModel):
     path: Path
     in_place: bool
     hash: str | None
+    #: the hashes A1111 and Civitai know it by (`autohashes`: SHA256, AutoV2, a LoRA's AutoV3,
+    #: its file's own sshs_model_hash); empty for folders and for unreadable files
+    hashes: dict[str, str] = {}
     size: int
     source: str
     trigger_words: list[str] = []

@@ -28,6 +28,7 @@ REPROBED_COLUMNS = (
 
 _JSON_COLUMNS = (
     *REPROBED_COLUMNS,
+    "hashes",
     "trigger_words",
     "metadata",
     "user_edits",
@@ -47,7 +48,7 @@ class StoredModel(ModelRecord):
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredModel:
         data = dict(row)
-        for col in REPROBED_COLUMNS:  # a LoRA row migrated, not re-probed
+        for col in (*REPROBED_COLUMNS, "hashes"):  # a row migrated, not re-read yet
             if data[col] is None:
                 del data[col]  # the default (its own base, no kinds…) until the manager does
         for col in _JSON_COLUMNS:
@@ -122,6 +123,7 @@ def _probed_fields(found: Probe, path: Path, facts: CardFacts, fp: Fingerprint) 
         "path": path,
         "source": str(path),
         "hash": found.hash,
+        "hashes": found.hashes,
         "size": fp.size,
         "mtime_ns": fp.mtime_ns,
         "fewstep": found.fewstep.family,
