@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from loraworks.generation.errors import PromptSyntaxError
 from loraworks.generation.request import LoRASpec
+from loraworks.lora import Strength
 
 _OPEN = re.compile(r"<(lora|lyco):")
 _SPACES = re.compile(r"\s+")
@@ -97,3 +99,19 @@ def parse_lora_option(text: str) -> LoRASpec:
     """A `--lora` command-line value: the inside of a tag, `name[:weight[:unet_weight]]`;
     errors quote it as typed."""
     return _spec(text.strip(), f"--lora {text}", "--lora {}")
+
+
+def _number_text(value: float) -> str:
+    """`value` as short as it reads back exactly (0.8, 1, 0.35)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def format_lora_tag(name: str, weight: Strength) -> str:
+    """The `<lora:…>` tag `parse_prompt` reads back as `name` at `weight`: what infotexts
+    write. The one place a tag is written, for every option a weight carries. A1111's tag has
+    one text-encoder weight: `te=` is the first text encoder's."""
+    if not isinstance(weight, Mapping):
+        return f"<lora:{name}:{_number_text(weight)}>"
+    te, unet = weight.get("text_encoder", 0.0), weight.get("unet", 0.0)
+    return f"<lora:{name}:te={_number_text(te)}:unet={_number_text(unet)}>"
