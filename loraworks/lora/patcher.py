@@ -31,6 +31,9 @@ How one module is patched (``W`` = its original weight tensor, never modified)::
   A nested `apply_loras` on the same model, or a second `LoRAPatcher`, raises `LoRABusy`:
   pass all LoRAs as one stack instead. (Re-``set`` on the same `LoRAPatcher` is fine.)
 * **Weight 0** entries (and components a weight dict does not name) are skipped entirely.
+* **Block weights** (`blocks`): a layer's weight is its component's weight times the number of
+  the slot its module lies in; a layer whose product is 0 is skipped like a weight-0 entry, so
+  ``lbw=NONE`` patches nothing. ``start``/``stop`` are generation's: ignored here.
 * If a patched model is moved to another device/dtype while patched, restore converts the
   original to the module's current device/dtype (exact unless the dtype changed).
 """
@@ -48,12 +51,13 @@ import torch
 from torch import nn
 
 from .backups import Backups, OriginalWeights, StrategyName, plan_strategy
+from .blocks import FORMS, LENGTHS, SLOTS, slot_of, slot_ratios
 from .components import ModuleIndex, components_of, model_base
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .layers import Layer
 from .model import LoRA
 from .staging import is_out_of_memory, layers_away, stage
-from .strength import Strength, component_weights
+from .strength import Strength, component_weights, options_of
 
 Stack = Sequence[tuple[LoRA, Strength]]
 
@@ -75,6 +79,16 @@ class PatchReport:
     def __bool__(self) -> bool:  # a report is always truthy (even with nothing applied)
         return True
 
+    def user_warnings(self) -> list[str]:
+        """What a user is told: the warnings, and the unmatched layers counted in one line."""
+        out = list(self.warnings)
+        if self.unmatched:
+            out.append(
+                f"{len(self.unmatched)} LoRA layer(s) match no module of the model and were "
+                f"ignored, e.g. {self.unmatched[0]}"
+            )
+        return out
+
 
 @dataclass
 class PatchTarget:
@@ -87,8 +101,22 @@ class PatchTarget:
     labels: list[str] = field(default_factory=list)
 
 
-#: a checked stack entry: the LoRA, its name in messages, its weight per component
-_Entry = tuple[LoRA, str, dict[str, float]]
+@dataclass(frozen=True)
+class _Entry:
+    """A checked stack entry: the LoRA, its name in messages, its weight per component and,
+    with block weights, every slot's number and the slots its vector names."""
+
+    lora: LoRA
+    label: str
+    weights: dict[str, float]
+    ratios: dict[str, float] | None = None
+    named: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        ratios = tuple(self.ratios.values()) if self.ratios is not None else None
+        return (id(self.lora), tuple(sorted(self.weights.items())), ratios)
+
 
 # A model (each component module) is held by at most one patcher while patched.
 _REGISTRY_LOCK = threading.Lock()
@@ -144,7 +172,7 @@ class LoRAPatcher:
         with self._lock:
             stack = tuple((lora, w) for lora, w in stack)
             entries = self._checked(stack)
-            key = tuple((id(lora), tuple(sorted(weights.items()))) for lora, _, weights in entries)
+            key = tuple(entry.key for entry in entries)
             if key == self._key and self._report is not None:
                 return self._report
             t0 = time.perf_counter()
@@ -185,10 +213,9 @@ class LoRAPatcher:
             self._pool.clear()
 
     # --- internals -----------------------------------------------------------------------------
-    @staticmethod
-    def _checked(stack: tuple[tuple[LoRA, Strength], ...]) -> list[_Entry]:
-        """Each entry's LoRA, label and weight per component; `LoRAError` for a bad one (the
-        stack comes from Python callers as given)."""
+    def _checked(self, stack: tuple[tuple[LoRA, Strength], ...]) -> list[_Entry]:
+        """Each entry's LoRA, label, weight per component and block numbers; `LoRAError` for
+        a bad one (the stack comes from Python callers as given)."""
         out = []
         for i, (lora, weight) in enumerate(stack):
             if not isinstance(lora, LoRA):
@@ -196,7 +223,14 @@ class LoRAPatcher:
                     f"stack entry {i}: expected a LoRA from load_lora(), got {type(lora).__name__}"
                 )
             label = lora.name or f"LoRA #{i}"
-            out.append((lora, label, component_weights(weight, label)))
+            weights = component_weights(weight, label)
+            blocks = options_of(weight).get("block_weights")
+            if blocks is None:
+                out.append(_Entry(lora, label, weights))
+                continue
+            ratios = slot_ratios(blocks, self.base or lora.base, label)
+            named = tuple(ratios) if isinstance(blocks, str) else FORMS[len(blocks)]
+            out.append(_Entry(lora, label, weights, ratios, named))
         return out
 
     def _idx(self, comp: str) -> ModuleIndex:
@@ -207,8 +241,10 @@ class LoRAPatcher:
     def _plan(self, entries: list[_Entry], strict: bool, report: PatchReport) -> list[PatchTarget]:
         targets: dict[tuple[str, str], PatchTarget] = {}
         errors: list[str] = []
-        for lora, label, per_component in entries:
-            weights = {c: w for c, w in per_component.items() if w != 0.0}
+        for entry in entries:
+            lora, label = entry.lora, entry.label
+            weights = {c: w for c, w in entry.weights.items() if w != 0.0}
+            unnamed: dict[str, int] = {}
             used = {c for c in lora.components if c in weights}
             if not used:
                 report.skipped.append(f"{label}: weight 0 / no component named")
@@ -228,13 +264,21 @@ class LoRAPatcher:
                 if found is None:
                     report.unmatched.append(f"{label}: {target} (no such module)")
                     continue
+                weight = weights[comp]
+                if entry.ratios is not None:
+                    slot = slot_of(comp, found, self.base or lora.base)
+                    if slot is not None and slot not in entry.named:
+                        unnamed[slot] = unnamed.get(slot, 0) + 1
+                    weight *= entry.ratios[slot] if slot is not None else 1.0
+                    if weight == 0.0:
+                        continue
                 module = self._idx(comp).modules[found]
                 param = getattr(module, "weight", None)
                 if not isinstance(param, torch.Tensor):
                     report.unmatched.append(f"{label}: {target} (module has no weight)")
                     continue
                 problem = layer.check(tuple(param.shape)) or self._check_bound(
-                    layer, weights[comp], param.dtype
+                    layer, weight, param.dtype
                 )
                 if problem:
                     errors.append(f"{label}: {target}: {problem}")
@@ -244,8 +288,15 @@ class LoRAPatcher:
                         f"{label}: {target}: the module has no bias; the bias part is ignored"
                     )
                 t = targets.setdefault((comp, found), PatchTarget(comp, found, module))
-                t.items.append((layer, weights[comp]))
+                t.items.append((layer, weight))
                 t.labels.append(label)
+            if unnamed:
+                slots = ", ".join(sorted(unnamed, key=SLOTS.index))
+                report.warnings.append(
+                    f"{label}: {sum(unnamed.values())} layer(s) in {slots}, which its "
+                    f"{len(entry.named)}-value lbw vector does not name, get weight 0 (give "
+                    f"{LENGTHS.get(self.base or lora.base, (0, 26))[1]} values to set them)"
+                )
         if errors:
             shown = "\n  ".join(errors[:20])
             more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""

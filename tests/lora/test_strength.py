@@ -33,6 +33,34 @@ def test_one_form_for_equal_weights(value, form):
     assert normalise_strength(got, "ink") == got  # a checked weight passes again unchanged
 
 
+@pytest.mark.parametrize(
+    ("value", "form"),
+    [
+        ({"block_weights": "OUTD"}, {"block_weights": "OUTD"}),  # components open: the default
+        (
+            {"unet": 1, "block_weights": "1, 0,0.5" + ",0" * 14, "start": 2, "stop": 0.5},
+            {
+                "unet": 1.0,
+                **NOT_PATCHED,
+                "block_weights": [1.0, 0.0, 0.5] + [0.0] * 14,
+                "start": 2,
+                "stop": 0.5,
+            },
+        ),
+        ({"start": 0.0, "stop": 1.0}, {"start": 0.0, "stop": 1.0}),
+    ],
+)
+def test_options_keep_their_form(value, form):
+    """A window end keeps its type (an int is a step number, a float a fraction) and a typed
+    vector becomes numbers; a checked weight passes again unchanged."""
+    got = normalise_strength(value, "ink")
+    assert got == form
+    assert [type(got.get(k)) for k in ("start", "stop")] == [
+        type(form.get(k)) for k in ("start", "stop")
+    ]
+    assert normalise_strength(got, "ink") == got
+
+
 BAD = [
     (True, "ink: weight must be a number or a dict, not True"),
     (math.nan, "ink: weight nan is not finite"),
@@ -41,7 +69,8 @@ BAD = [
     ([0.8], "ink: weight must be a number or a dict, not list"),
     (
         {"unet": 1.0, "te": 0.5},
-        "ink: unknown component 'te' in weight (use unet, text_encoder, text_encoder_2)",
+        "ink: unknown component 'te' in weight (use unet, text_encoder, text_encoder_2; "
+        "options: block_weights, start, stop)",
     ),
     ({"unet": math.inf}, "ink: weight for 'unet' must be a finite number, not inf"),
     ({"unet": False}, "ink: weight for 'unet' must be a finite number, not False"),
