@@ -38,6 +38,7 @@ class DenoiseJob:
     generator: torch.Generator  # CPU, seeded per image: same seed, same noise on any device
     init_image: Image.Image | None = None
     strength: float = 1.0
+    eta: float = 0.0  # for schedulers whose step takes one (TCD's gamma, DDIM's eta)
 
     @property
     def guided(self) -> bool:
@@ -89,13 +90,13 @@ def _timesteps(job: DenoiseJob, device: torch.device) -> torch.Tensor:
     return scheduler.timesteps[begin:]
 
 
-def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, Any]:
-    accepted = inspect.signature(scheduler.step).parameters
+def _step_kwargs(job: DenoiseJob) -> dict[str, Any]:
+    accepted = inspect.signature(job.scheduler.step).parameters
     kwargs: dict[str, Any] = {}
     if "generator" in accepted:
-        kwargs["generator"] = generator
+        kwargs["generator"] = job.generator
     if "eta" in accepted:
-        kwargs["eta"] = 0.0
+        kwargs["eta"] = job.eta
     return kwargs
 
 
@@ -108,7 +109,7 @@ def denoise(
     unet, scheduler = pipe.unet, job.scheduler
     timesteps = _timesteps(job, placement(unet)[0])
     latents = _initial_latents(pipe, job, timesteps)
-    step_kwargs = _step_kwargs(scheduler, job.generator)
+    step_kwargs = _step_kwargs(job)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if job.guided else latents

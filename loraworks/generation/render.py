@@ -33,6 +33,9 @@ class RenderSettings:
     cfg: float
     scheduler: str
     seed: int
+    #: timestep spacing (None: the model's own) and eta (None: the scheduler takes none)
+    spacing: str | None = None
+    eta: float | None = None
     init_image: Path | None = None
     strength: float = 1.0
     #: textual-inversion embeddings the prompts may use (None: none)
@@ -70,7 +73,7 @@ def render(
     cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height, s.embeddings)
     init = Image.open(s.init_image) if s.init_image is not None else None
     job = DenoiseJob(
-        scheduler=build_scheduler(s.scheduler, pipe.scheduler.config),
+        scheduler=build_scheduler(s.scheduler, pipe.scheduler.config, s.spacing),
         steps=s.steps,
         cfg=s.cfg,
         width=s.width,
@@ -78,6 +81,7 @@ def render(
         generator=torch.Generator("cpu").manual_seed(s.seed),
         init_image=init,
         strength=s.strength,
+        eta=s.eta or 0.0,
     )
     latents = denoise(pipe, cond, job, on_step)
     return Rendered(decode(pipe.vae, latents), latents)
