@@ -1,5 +1,6 @@
 """Recipes: everything needed to re-create an image, stored as JSON in the PNG's
-`loraworks_recipe` text chunk (and in the gallery record)."""
+`loraworks_recipe` text chunk (and in the gallery record), beside A1111's infotext
+(`parameters`, `infotext.py`) for other tools."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 import loraworks
 from loraworks.generation.errors import GenerationError
+from loraworks.generation.infotext import PARAMETERS_CHUNK, format_infotext
 from loraworks.generation.presets import StackEntry
 from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import GenerateRequest, LoRASpec, LoRAWeight
@@ -29,6 +31,8 @@ class RecipeModel(BaseModel):
     key: str
     hash: str | None
     base: str | None
+    #: the record's A1111/Civitai hashes (`ModelRecord.hashes`), which the infotext names
+    hashes: dict[str, str] = {}
 
 
 class RecipeLoRA(RecipeModel):
@@ -90,13 +94,16 @@ def build_recipe(
     device, dtype = compute
     return Recipe(
         loraworks_version=loraworks.__version__,
-        model=RecipeModel(name=main.name, key=main.key, hash=main.hash, base=main.base),
+        model=RecipeModel(
+            name=main.name, key=main.key, hash=main.hash, base=main.base, hashes=main.hashes
+        ),
         loras=[
             RecipeLoRA(
                 name=entry.record.name,
                 key=entry.record.key,
                 hash=entry.record.hash,
                 base=entry.record.base,
+                hashes=entry.record.hashes,
                 weight=entry.weight,
             )
             for entry in loras
@@ -107,6 +114,7 @@ def build_recipe(
                 key=use.record.key,
                 hash=use.record.hash,
                 base=use.record.base,
+                hashes=use.record.hashes,
                 used_in=list(use.where),
             )
             for use in embeddings
@@ -148,6 +156,7 @@ def save_png(image: Image.Image, folder: Path, recipe: Recipe) -> Path:
     now = datetime.now(UTC)
     day = folder / now.strftime("%Y-%m-%d")
     info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_CHUNK, format_infotext(recipe))
     info.add_text(CHUNK, recipe.model_dump_json())
     stem = f"{now.strftime('%H%M%S')}-{recipe.seed}"
     try:
