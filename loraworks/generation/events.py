@@ -91,6 +91,9 @@ class StepReporter:
         self.progress, self.cancel, self.sdxl = progress, cancel, sdxl
         self.start = time.perf_counter()
         self.image, self.images = 0, 1
+        #: called with (step index, total) after each step is reported: step windows
+        #: (`windows.StepWindows.after_step`) change the LoRA patch there
+        self.after_step: Callable[[int, int], None] | None = None
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -103,3 +106,5 @@ class StepReporter:
                 StepEvent(i + 1, total, elapsed, self.image, self.images, latents, self.sdxl)
             )
         self.check()
+        if self.after_step is not None:
+            self.after_step(i, total)

@@ -6,7 +6,13 @@ the text the encoder sees.
 Weights follow A1111 (`extra_networks_lora.py`): te = `te=` or the first number; unet = `unet=`,
 else the second number, else te; te is 1 when only `unet=` is given. A tag with no number is
 the record's default weight (our rule for a LoRA picked without one). `dyn=` (a rank cut-off
-for dynamic LoRAs) is refused by name: the engine has no such cut-off."""
+for dynamic LoRAs) is refused by name: the engine has no such cut-off.
+
+The LoRA Block Weight extension's options ride on the same tag: `lbw=PRESET` or
+`lbw=v1,v2,…` (block weights), `start=`/`stop=` (the steps the LoRA is active in: `5` is a step
+number, `0.5` a fraction of the denoising), e.g. `<lora:name:0.8:lbw=OUTD:stop=0.6>`. They
+become the weight's options (`loraworks.lora.strength`); a tag with options and no number
+keeps the default weight."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 
 from loraworks.generation.errors import PromptSyntaxError
 from loraworks.generation.request import LoRASpec
-from loraworks.lora import Strength
+from loraworks.lora import LoRAError, Strength, normalise_strength
 
 _OPEN = re.compile(r"<(lora|lyco):")
 _SPACES = re.compile(r"\s+")
@@ -48,6 +54,7 @@ def _spec(body: str, shown: str, form: str) -> LoRASpec:
     if not name:
         raise PromptSyntaxError(f"{shown}: missing LoRA name (write {form.format('name:0.8')})")
     named: dict[str, float] = {}
+    options: dict[str, object] = {}
     positional: list[float] = []
     for part in parts:
         key, eq, value = part.partition("=")
@@ -57,19 +64,45 @@ def _spec(body: str, shown: str, form: str) -> LoRASpec:
         key = key.strip()
         if key == "dyn":
             raise PromptSyntaxError(f"{shown}: dyn= (a dynamic-rank cut-off) is not supported")
-        if key not in ("te", "unet") or key in named:
-            raise PromptSyntaxError(f"{shown}: unknown or repeated {key}= (use te= and unet=)")
-        named[key] = _number(value.strip(), shown)
+        if key not in ("te", "unet", *_OPTIONS) or key in named or _OPTIONS.get(key) in options:
+            raise PromptSyntaxError(
+                f"{shown}: unknown or repeated {key}= (use te=, unet=, lbw=, start= and stop=)"
+            )
+        if key in _OPTIONS:
+            options[_OPTIONS[key]] = _option(key, value.strip(), shown)
+        else:
+            named[key] = _number(value.strip(), shown)
     if len(positional) > 2:
         example = form.format("name:te_weight:unet_weight")
         raise PromptSyntaxError(f"{shown}: at most two weights ({example})")
     if not positional and not named:
-        return LoRASpec(name=name)
+        return LoRASpec(name=name, weight=_checked(options, shown) if options else None)
     te = named.get("te", positional[0] if positional else 1.0)
     unet = named.get("unet", positional[1] if len(positional) > 1 else te)
-    if te == unet:
+    if te == unet and not options:
         return LoRASpec(name=name, weight=te)
-    return LoRASpec(name=name, weight={"unet": unet, "text_encoder": te, "text_encoder_2": te})
+    weight = {"unet": unet, "text_encoder": te, "text_encoder_2": te, **options}
+    return LoRASpec(name=name, weight=_checked(weight, shown))
+
+
+#: tag option → weight option
+_OPTIONS = {"lbw": "block_weights", "start": "start", "stop": "stop"}
+
+
+def _option(key: str, value: str, shown: str) -> object:
+    """`lbw=` stays text (a preset name or a vector); a window end is a step number when it
+    is all digits, else a fraction."""
+    if key == "lbw":
+        return value
+    return int(value) if value.isdigit() else _number(value, shown)
+
+
+def _checked(weight: dict, shown: str) -> Strength:
+    """The weight's one check, its errors quoting the tag as typed."""
+    try:
+        return normalise_strength(weight, shown)
+    except LoRAError as exc:
+        raise PromptSyntaxError(str(exc)) from None
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -113,5 +146,15 @@ def format_lora_tag(name: str, weight: Strength) -> str:
     one text-encoder weight: `te=` is the first text encoder's."""
     if not isinstance(weight, Mapping):
         return f"<lora:{name}:{_number_text(weight)}>"
-    te, unet = weight.get("text_encoder", 0.0), weight.get("unet", 0.0)
-    return f"<lora:{name}:te={_number_text(te)}:unet={_number_text(unet)}>"
+    parts = [name]
+    if "unet" in weight:  # a checked mapping names every component or none (the default)
+        te, unet = weight.get("text_encoder", 0.0), weight.get("unet", 0.0)
+        parts += [f"te={_number_text(te)}", f"unet={_number_text(unet)}"]
+    blocks = weight.get("block_weights")
+    if blocks is not None:
+        shown = blocks if isinstance(blocks, str) else ",".join(map(_number_text, blocks))
+        parts.append(f"lbw={shown}")
+    for key in ("start", "stop"):  # a fraction keeps its decimal point: repr(1.0) is "1.0"
+        if key in weight:
+            parts.append(f"{key}={weight[key]!r}")
+    return f"<lora:{':'.join(parts)}>"

@@ -28,7 +28,7 @@ from .model import LoRA
 from .patcher import LoRAPatcher, PatchReport
 from .probe import probe_base
 from .staging import free_bytes, same_device
-from .strength import Strength, normalise_strength
+from .strength import Strength, normalise_strength, with_components, with_user_presets
 
 __all__ = [
     "STRATEGIES",
@@ -57,4 +57,6 @@ __all__ = [
     "read_header",
     "read_weights",
     "same_device",
+    "with_components",
+    "with_user_presets",
 ]

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing_extensions import TypedDict
 
 from .bases import COMPONENTS
-from .blocks import check_vector
+from .blocks import PRESETS, check_for_base, check_vector, resolve_preset
 from .errors import LoRAError
 
 #: the options a weight mapping may carry besides components
@@ -159,8 +159,17 @@ def options_of(weight: Strength) -> dict:
     return {k: weight[k] for k in OPTIONS if k in weight}
 
 
-def without_options(weight: Strength) -> Strength:
-    """The components' weights alone (a number stays a number)."""
-    if not isinstance(weight, Mapping):
+def with_user_presets(
+    weight: Strength, base: str | None, presets: Mapping[str, Sequence[float]], label: str
+) -> Strength:
+    """`weight` with a user's preset name (`presets`) replaced by its vector — a default
+    preset keeps its name — and its block weights checked against the model's `base`:
+    `LoRAError` for an unknown preset or a length that fits neither of the base's forms."""
+    blocks = options_of(weight).get("block_weights")
+    if blocks is None or (isinstance(blocks, str) and blocks in PRESETS):
         return weight
-    return WeightMapping(**{k: v for k, v in weight.items() if k not in OPTIONS})
+    if isinstance(blocks, str):
+        blocks = resolve_preset(blocks, label, presets)
+        weight = WeightMapping(**{**weight, "block_weights": blocks})  # type: ignore[typeddict-item]
+    check_for_base(blocks, base, label)
+    return weight

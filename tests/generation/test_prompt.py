@@ -69,7 +69,10 @@ def test_weights_may_be_negative_or_integers():
         ("a <lora::0.8>", "missing LoRA name"),
         ("a <lora:ink:1:1:1>", "at most two weights"),
         ("a <lora:ink:dyn=16>", "dyn= (a dynamic-rank cut-off) is not supported"),
-        ("a <lora:ink:clip=1>", "unknown or repeated clip= (use te= and unet=)"),
+        (
+            "a <lora:ink:clip=1>",
+            "unknown or repeated clip= (use te=, unet=, lbw=, start= and stop=)",
+        ),
         ("a <lora:ink:te=1:te=2>", "unknown or repeated te="),
         ("a <lyco:ink:unet=soft>", "<lyco:ink:unet=soft>: weight 'soft' is not a number"),
         ("a <lyco:ink:0.5", "unclosed tag '<lyco:ink:0.5'"),
@@ -87,7 +90,10 @@ def test_bad_tags_raise_clear_errors(prompt, message):
         ("sd1-a:inf", "--lora sd1-a:inf: weight 'inf' is not a number"),
         (":0.8", "--lora :0.8: missing LoRA name (write --lora name:0.8)"),
         ("ink:1:1:1", "--lora ink:1:1:1: at most two weights (--lora name:te_weight:unet_weight)"),
-        ("ink:clip=1", "--lora ink:clip=1: unknown or repeated clip= (use te= and unet=)"),
+        (
+            "ink:clip=1",
+            "--lora ink:clip=1: unknown or repeated clip= (use te=, unet=, lbw=, start= and stop=)",
+        ),
     ],
 )
 def test_a_bad_lora_option_is_quoted_as_typed(option, message):
