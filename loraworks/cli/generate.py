@@ -130,14 +130,20 @@ def generate(
     steps: int | None = typer.Option(None, help="denoising steps (default: config / LCM preset)"),
     cfg: float | None = typer.Option(None, help="guidance scale; <= 1 skips the uncond pass"),
     scheduler: str | None = typer.Option(
-        None, help="euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm"
+        None, help="euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm | tcd"
     ),
+    spacing: str | None = typer.Option(
+        None, help="timestep spacing of euler/euler_a/ddim/dpm++: leading | trailing | linspace"
+    ),
+    eta: float | None = typer.Option(None, help="tcd's gamma or ddim's eta, 0-1"),
     seed: int | None = typer.Option(None, help="seed of the first image (next ones: +1 each)"),
     size: str | None = typer.Option(None, help="WIDTHxHEIGHT, e.g. 512x512"),
     n: int = typer.Option(1, "-n", help="number of images"),
     init_image: Path | None = typer.Option(None, "--init-image", help="img2img source image"),
     strength: float | None = typer.Option(None, help="img2img: how much to change (0-1]"),
-    preset: str | None = typer.Option(None, help="'lcm': LCM scheduler, 4 steps, CFG 1"),
+    preset: str | None = typer.Option(
+        None, help="few-step preset of config.toml: lcm | tcd | lightning | hyper | pcm"
+    ),
     trigger_words: bool = typer.Option(
         False, "--trigger-words", help="append the LoRAs' trigger words when absent"
     ),
@@ -165,6 +171,8 @@ def generate(
             steps=steps,
             cfg=cfg,
             scheduler=scheduler,
+            spacing=spacing,
+            eta=eta,
             seed=seed,
             batch_size=n,
             loras=[parse_lora_option(text) for text in lora],
@@ -184,18 +192,37 @@ def generate(
 
 
 def recall(
-    image: Path = typer.Argument(..., help="a PNG made by loraworks"),
+    image: Path = typer.Argument(
+        ..., help="a PNG made by loraworks, A1111 (and Forge, SD.Next…), InvokeAI or ComfyUI"
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="print the settings found and what does not map; generate nothing"
+    ),
+    anyway: bool = typer.Option(
+        False, "--anyway", help="generate with what maps when some settings or models do not"
+    ),
     root: Path | None = RootOption,
 ) -> None:
-    """Re-create an image from the recipe stored in its PNG (same seed and settings)."""
+    """Re-create an image from the settings stored in its PNG (same seed and settings); models
+    and LoRAs are found by hash, then by name (docs/interop.md)."""
+    import json
+
     from loraworks.generation import recall as recall_image
+    from loraworks.generation import recall_settings
     from loraworks.models import ModelManager
 
     with _user_errors():
         mm = ModelManager.open(root)
         try:
+            if dry_run:
+                found = recall_settings(image, mm)
+                say(f"{found.source} image; settings:")
+                say(json.dumps(found.settings, indent=2))
+                for item in found.unmapped:
+                    warn(f"does not map: {item}")
+                return
             with _progress_bar() as on_step:
-                result = recall_image(image, manager=mm, progress=on_step)
+                result = recall_image(image, manager=mm, progress=on_step, anyway=anyway)
         finally:
             mm.close()
         _report(result)

@@ -28,7 +28,6 @@ from loraworks.cluster.worker import ReplicaStats, WorkerSettings
 from loraworks.generation.api import GenerateResult
 from loraworks.generation.errors import GenerationCancelled, GenerationError
 from loraworks.generation.events import CancelFlag, ProgressCallback
-from loraworks.generation.recipe import save_png
 from loraworks.generation.request import GenerateRequest
 from loraworks.models import ModelManager
 
@@ -152,12 +151,7 @@ class Cluster:
         result = self.run(resolve_job(request, manager), progress, cancel or threading.Event())
         out = GenerateResult([], result.warnings, {})
         for item in result.images:
-            path = save_png(item.image, manager.paths.outputs, item.recipe)
-            recipe = item.recipe.model_dump(mode="json")
-            out.image_ids.append(manager.images.add(path, recipe).id)
-            out.images.append(path)
-            out.seeds.append(item.recipe.seed)
-            out.recipe = out.recipe or recipe
+            out.keep(manager, item.image, item.recipe)
         return out
 
     def run(self, job: Job, progress: ProgressCallback | None, cancel: CancelFlag) -> JobResult:

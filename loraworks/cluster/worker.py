@@ -2,9 +2,10 @@
 images with their recipes (the head saves them). No Ray here, so it is tested on its own.
 
 The steps are `generate`'s (generation/api.py) without the database: the LoRAs and the main
-model come from the replica's own `ModelCache`, the stack is `set` on the model's long-lived
-patcher (so the same stack next time costs nothing) and restored on cancel or error, the seed of
-image i is the job's seed + i. Hence the pixels equal the single-process path's.
+model come from the replica's own `ModelCache`, whose `patched` sets the stack on the model's
+long-lived patcher (so the same stack next time costs nothing) and restores it on cancel or
+error, and `render_seeds` gives image i the job's seed + i. Hence the pixels equal the
+single-process path's.
 
 A file is hashed the first time this replica loads it (per path and expected hash): shared
 storage that serves another file under the same path (a stale copy on one node) is refused
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,16 +26,16 @@ import torch
 
 from loraworks.cluster.errors import FileMismatch
 from loraworks.cluster.jobs import Job, JobImage, JobResult
-from loraworks.generation.api import _patch_warnings
-from loraworks.generation.cache import ModelCache, compute_placement
+from loraworks.generation.cache import ModelCache
 from loraworks.generation.conditioning import is_sdxl
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
 from loraworks.generation.placement import placement
 from loraworks.generation.recipe import build_recipe
-from loraworks.generation.render import render, with_native_size
+from loraworks.generation.render import render_seeds, with_native_size
+from loraworks.lora import LoRAPatcher
 from loraworks.models import ModelRecord
 from loraworks.models.config import Config
-from loraworks.models.loading import load_pipeline, model_bytes
+from loraworks.models.loading import load_pipeline
 from loraworks.models.probe import content_hash
 
 
@@ -64,22 +66,17 @@ class ReplicaStats:
 class Worker:
     def __init__(self, settings: WorkerSettings, replica: str, node: str):
         torch.set_num_threads(settings.threads)
-        device, dtype = compute_placement(settings.config.compute)
-        cfg = settings.config.cache
-        self.cache = ModelCache(
-            lambda record, progress: load_pipeline(
-                record, settings.cache_dir, dtype=dtype, progress=progress
+        self.cache = ModelCache.from_config(
+            settings.config,
+            lambda record, dtype, progress, originals: load_pipeline(
+                record, settings.cache_dir, dtype=dtype, progress=progress, originals=originals
             ),
-            cfg.ram_budget_gb,
-            cfg.max_loras,
-            device,
-            cfg.lora_gpu_gb,
-            cfg.device_working_mem_gb,
-            lambda record: model_bytes(record, dtype),
         )
         self.stats = ReplicaStats(replica, node)
         self._verified: set[tuple[str, str | None]] = set()
-        self._patched: dict[str, str] = {}  # main model key -> stack_id patched into it
+        #: each loaded model's patcher -> the stack_id patched into it (a model loaded again
+        #: has a new patcher, with nothing patched)
+        self._patched: weakref.WeakKeyDictionary[LoRAPatcher, str] = weakref.WeakKeyDictionary()
         self._names: dict[str, str] = {}  # main model key -> name
         self._lock = threading.Lock()
 
@@ -88,50 +85,46 @@ class Worker:
             self._verify(record)
         stack = [(self.cache.lora(entry.record), entry.weight) for entry in job.loras]
         noticed = [f"LoRA '{lora.name}': {note}" for lora, _ in stack for note in lora.warnings]
-        loads = self.cache.loads
         loaded = self.cache.model(job.main)
         settings = with_native_size(loaded.pipe, job.settings)
         steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
-        with loaded.lock, self._init_image(job) as init:
-            if self.cache.loads != loads:  # (re)loaded: nothing patched yet
-                self._patched.pop(job.main.key, None)
-            try:
-                report = loaded.patcher.set(stack)
-                self._count(job)
+        images = []
+        try:
+            with (
+                self._init_image(job) as init,
+                self.cache.patched(job.main, stack) as (loaded, report),
+            ):
+                self._count(job, loaded.patcher)
                 loaded.conds.sync(report)
-                images = []
-                steps.images = job.batch_size
-                for i in range(job.batch_size):
-                    steps.image = i
-                    steps.check()
-                    seeded = replace(settings, seed=settings.seed + i)
-                    rendered = render(
-                        loaded.pipe, replace(seeded, init_image=init), steps, loaded.conds
-                    )
-                    recipe = build_recipe(job.main, job.loras, seeded, placement(loaded.pipe.unet))
+                compute = placement(loaded.pipe.unet)
+                local = replace(settings, init_image=init)  # the head's image, as a file here
+                for seeded, rendered in render_seeds(
+                    loaded.pipe, local, job.batch_size, steps, loaded.conds
+                ):
+                    recorded = replace(seeded, init_image=settings.init_image)
+                    recipe = build_recipe(job.main, job.loras, recorded, compute)
                     images.append(JobImage(rendered.image, recipe))
-            except BaseException:
-                loaded.patcher.restore()
-                self._patched.pop(job.main.key, None)
-                raise
-        warnings = [*noticed, *_patch_warnings(report), *job.warnings]
+        except BaseException:
+            self._patched.pop(loaded.patcher, None)  # nothing patched now (`patched` restored)
+            raise
+        warnings = [*noticed, *report.user_warnings(), *job.warnings]
         return JobResult(images, warnings, self.stats.id)
 
     def snapshot(self) -> ReplicaStats:
         with self._lock:
-            models = [self._names.get(key, key) for key in self.cache._models]
+            models = [self._names.get(m.key, m.key) for m in self.cache.loaded()]
             return replace(self.stats, models=models, stack=list(self.stats.stack))
 
-    def _count(self, job: Job) -> None:
+    def _count(self, job: Job, patcher: LoRAPatcher) -> None:
         """A switch is a job whose stack is not the one its model had patched (a model freshly
         loaded has none patched; a job without LoRAs on it is no switch)."""
-        patched = self._patched.get(job.main.key, Job(job.main, [], job.settings, 1).stack_id)
+        patched = self._patched.get(patcher, Job(job.main, [], job.settings, 1).stack_id)
         with self._lock:
             self._names[job.main.key] = job.main.name
             self.stats.switches += patched != job.stack_id
             self.stats.jobs += 1
             self.stats.stack = job.stack_label
-        self._patched[job.main.key] = job.stack_id
+        self._patched[patcher] = job.stack_id
 
     def _verify(self, record: ModelRecord) -> None:
         """Hash `record`'s file(s) the first time this replica meets them."""

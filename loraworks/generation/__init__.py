@@ -10,6 +10,8 @@ from loraworks.generation.errors import (
     UnusableModel,
 )
 from loraworks.generation.events import StepEvent, reporting_loads
+from loraworks.generation.foreign import RecallError
+from loraworks.generation.recalled import RecalledSettings, recall_settings
 from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.models.loadevents import LoadEvent
 
@@ -23,10 +25,13 @@ __all__ = [
     "LoRASpec",
     "LoadEvent",
     "PromptSyntaxError",
+    "RecallError",
+    "RecalledSettings",
     "StepEvent",
     "UnusableModel",
     "check_request",
     "generate",
     "recall",
+    "recall_settings",
     "reporting_loads",
 ]

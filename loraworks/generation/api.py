@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from loraworks.generation.cache import LoadedModel, cache_for
 from loraworks.generation.conditioning import is_sdxl
@@ -24,7 +25,7 @@ from loraworks.generation.errors import (
 )
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
 from loraworks.generation.placement import placement
-from loraworks.generation.presets import Resolved, StackEntry, resolve
+from loraworks.generation.presets import StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.recipe import (
     Recipe,
@@ -34,9 +35,9 @@ from loraworks.generation.recipe import (
     read_recipe,
     save_png,
 )
-from loraworks.generation.render import render, with_native_size
+from loraworks.generation.render import RenderSettings, render_seeds, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
-from loraworks.generation.textual_inversion import Prepared, find_uses, prepare, word_warnings
+from loraworks.generation.textual_inversion import find_uses, prepare, word_warnings
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 
@@ -47,6 +48,15 @@ class GenerateResult:
     recipe: dict[str, Any]  # the first image's; the others differ only in `seed`
     seeds: list[int] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)  # gallery ids, same order as `images`
+
+    def keep(self, mm: ModelManager, image: Image.Image, recipe: Recipe) -> None:
+        """Save `image` with its recipe under `outputs/`, record it in the gallery, list it."""
+        path = save_png(image, mm.paths.outputs, recipe)
+        as_dict = recipe.model_dump(mode="json")
+        self.image_ids.append(mm.images.add(path, as_dict).id)
+        self.images.append(path)
+        self.seeds.append(recipe.seed)
+        self.recipe = self.recipe or as_dict
 
 
 _default_manager: ModelManager | None = None
@@ -128,33 +138,6 @@ def check_bases(main: ModelRecord, loras: list[ModelRecord]) -> None:
             raise BaseMismatch(record.name, str(record.base), main.name, str(main.base))
 
 
-def _run(
-    mm: ModelManager,
-    loaded: LoadedModel,
-    main: ModelRecord,
-    resolved: Resolved,
-    batch_size: int,
-    steps: StepReporter,
-    used: Prepared,
-) -> GenerateResult:
-    result = GenerateResult([], list(resolved.warnings), {})
-    steps.images = batch_size
-    for i in range(batch_size):
-        steps.image = i
-        steps.check()
-        settings = replace(resolved.settings, seed=resolved.settings.seed + i)
-        rendered = render(loaded.pipe, settings, steps, loaded.conds)
-        compute = placement(loaded.pipe.unet)
-        recipe = build_recipe(main, resolved.loras, settings, compute, used.uses)
-        path = save_png(rendered.image, mm.paths.outputs, recipe)
-        as_dict = recipe.model_dump(mode="json")
-        result.image_ids.append(mm.images.add(path, as_dict).id)
-        result.images.append(path)
-        result.seeds.append(settings.seed)
-        result.recipe = result.recipe or as_dict
-    return result
-
-
 def generate(
     request: GenerateRequest,
     *,
@@ -184,44 +167,34 @@ def generate(
         used, loaded.pipe.tokenizer, s.prompt, s.negative_prompt
     )
     s = replace(with_native_size(loaded.pipe, s), embeddings=used.embeddings)
-    resolved = replace(resolved, settings=s)
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
-    with loaded.lock:
-        try:
-            report = loaded.patcher.set(stack)
+    result = GenerateResult([], list(resolved.warnings), {})
+    try:
+        with cache.patched(main, stack) as (loaded, report):
             loaded.conds.sync(report)
-            result = _run(mm, loaded, main, resolved, request.batch_size, steps, used)
-        except BaseException as exc:
-            loaded.patcher.restore()
-            if isinstance(exc, torch.OutOfMemoryError):
-                raise _out_of_memory(loaded, resolved) from None
-            raise
-    result.warnings[:0] = [*noticed, *_patch_warnings(report)]  # the file's, then the patch's
+            compute = placement(loaded.pipe.unet)
+            for seeded, rendered in render_seeds(
+                loaded.pipe, s, request.batch_size, steps, loaded.conds
+            ):
+                recipe = build_recipe(main, resolved.loras, seeded, compute, used.uses)
+                result.keep(mm, rendered.image, recipe)
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(loaded, s) from None
+    result.warnings[:0] = [*noticed, *report.user_warnings()]  # the file's, then the patch's
     return result
 
 
-def _out_of_memory(loaded: LoadedModel, resolved: Resolved) -> GenerationError:
+def _out_of_memory(loaded: LoadedModel, s: RenderSettings) -> GenerationError:
     """What a user can change when the device ran out of memory mid-generation (the weights
     are restored by then; the allocator's cache is handed back so a smaller retry fits)."""
     device = placement(loaded.pipe.unet)[0]
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    s = resolved.settings
     return GenerationError(
         f"out of {device} memory generating {s.width}x{s.height}: try a smaller size, fewer "
         "LoRAs, or raise [cache] device_working_mem_gb in config.toml so that idle models are "
         "unloaded first"
     )
-
-
-def _patch_warnings(report: Any) -> list[str]:
-    out = list(report.warnings)
-    if report.unmatched:
-        out.append(
-            f"{len(report.unmatched)} LoRA layer(s) match no module of the model and were "
-            f"ignored, e.g. {report.unmatched[0]}"
-        )
-    return out
 
 
 def _recalled_record(mm: ModelManager, ref: RecipeModel, type_: str, notes: list[str]) -> str:

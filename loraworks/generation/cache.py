@@ -3,7 +3,11 @@ generation against one models root.
 
 Each loaded model owns one long-lived `LoRAPatcher`: a generation only `set`s its stack, so an
 unchanged LoRA set costs nothing and a changed one is restore + apply, never a model reload.
-A lock per model serialises generations on it (the server's worker, tests, the CLI).
+A lock per model serialises generations on it (the server's worker, tests, the CLI, a cluster
+replica): all of them go through `ModelCache.patched`. The patcher's strategy is the config's
+`[patch] strategy`; the loader tells it where each weight came from (`FileOriginals`), so the
+*file* strategy can re-read originals instead of keeping them, and a model whose file changed
+on disk meanwhile is loaded again rather than used with wrong weights.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,22 @@ import torch
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
 from loraworks.generation.events import load_listener
-from loraworks.lora import LoRA, LoRAPatcher, free_bytes, load_lora, same_device
+from loraworks.lora import (
+    LoRA,
+    LoRAPatcher,
+    LoRARestoreError,
+    PatchReport,
+    StrategyName,
+    free_bytes,
+    load_lora,
+    same_device,
+)
+from loraworks.lora.patcher import Stack
 from loraworks.models import ModelManager, ModelRecord
-from loraworks.models.config import ComputeSettings
+from loraworks.models.config import ComputeSettings, Config
 from loraworks.models.loadevents import LoadProgress
 from loraworks.models.loading import model_bytes
+from loraworks.models.originals import FileOriginals
 
 GIB = 1024**3
 log = logging.getLogger(__name__)
@@ -104,18 +120,26 @@ def device_residents(sizes: list[tuple[object, int]], budget: int) -> set[object
     return kept
 
 
+#: loads a main model: its record, the listener for its components, the originals to fill
+LoadMain = Callable[[ModelRecord, LoadProgress | None, FileOriginals], Any]
+#: the same, told the dtype the config asks for
+LoadInDtype = Callable[[ModelRecord, torch.dtype, LoadProgress | None, FileOriginals], Any]
+
+
 class ModelCache:
     def __init__(
         self,
-        load_main: Callable[[ModelRecord, LoadProgress | None], Any],
+        load_main: LoadMain,
         ram_budget_gb: float,
         max_loras: int,
         device: torch.device = torch.device("cpu"),
         lora_device_gb: float = 0.0,
         working_mem_gb: float = 0.0,
         estimate: Callable[[ModelRecord], int] = lambda record: 0,
+        strategy: StrategyName = "auto",
     ):
         self._load_main = load_main
+        self.strategy = strategy
         #: bytes a model will hold once loaded, read before loading it (0: not known, room
         #: is then made once it is loaded)
         self._estimate = estimate
@@ -130,6 +154,65 @@ class ModelCache:
         self._loras: OrderedDict[tuple[str, str | None], LoRA] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # main-model loads so far (tests and benches read it)
+
+    @classmethod
+    def from_config(cls, config: Config, load: LoadInDtype) -> ModelCache:
+        """A cache placed and sized by `config` (`[compute]`, `[cache]`, `[patch]`)."""
+        device, dtype = compute_placement(config.compute)
+        cfg = config.cache
+        return cls(
+            lambda record, progress, originals: load(record, dtype, progress, originals),
+            cfg.ram_budget_gb,
+            cfg.max_loras,
+            device,
+            cfg.lora_gpu_gb,
+            cfg.device_working_mem_gb,
+            lambda record: model_bytes(record, dtype),
+            config.patch.strategy,
+        )
+
+    def loaded(self) -> list[LoadedModel]:
+        """The loaded main models, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
+
+    @contextmanager
+    def patched(
+        self, record: ModelRecord, stack: Stack
+    ) -> Iterator[tuple[LoadedModel, PatchReport]]:
+        """`record`'s model with `stack` patched in, held (its lock) for the body.
+
+        The model stays patched after the body (the same stack next time costs nothing); an
+        exception in the body restores its weights. When the originals cannot be read back
+        (`LoRARestoreError`: the model file changed on disk while patched in place), the model
+        is dropped — never used with wrong weights — and loaded again from the file as it is
+        now, once."""
+        for attempt in (1, 2):
+            loaded = self.model(record)
+            with loaded.lock:
+                try:
+                    report = loaded.patcher.set(stack)
+                except LoRARestoreError:
+                    self._drop(loaded)
+                    if attempt == 2:
+                        raise
+                    log.warning("'%s' changed on disk while patched: loading it again", record.name)
+                    continue
+                try:
+                    yield loaded, report
+                except BaseException:
+                    try:
+                        loaded.patcher.restore()
+                    except LoRARestoreError:
+                        self._drop(loaded)
+                    raise
+                return
+
+    def _drop(self, loaded: LoadedModel) -> None:
+        """Forget a model whose weights can no longer be trusted."""
+        with self._lock:
+            if self._models.get(loaded.key) is loaded:
+                del self._models[loaded.key]
 
     def model(self, record: ModelRecord) -> LoadedModel:
         """The loaded pipeline for `record` (loading it, and evicting others, when needed).
@@ -157,7 +240,8 @@ class ModelCache:
                     self.budget / GIB,
                 )
             self._make_room(size, loading=record.key)
-            pipe = self._load_main(record, load_listener.get())
+            originals = FileOriginals()
+            pipe = self._load_main(record, load_listener.get(), originals)
             size = pipeline_bytes(pipe)
             self._make_room(size, loading=record.key)
             try:
@@ -169,7 +253,8 @@ class ModelCache:
                     '"cpu" or use a smaller model'
                 ) from None
             self.loads += 1
-            loaded = LoadedModel(record.key, record.hash, pipe, LoRAPatcher(pipe), size)
+            patcher = LoRAPatcher(pipe, strategy=self.strategy, originals=originals or None)
+            loaded = LoadedModel(record.key, record.hash, pipe, patcher, size)
             self._models[record.key] = loaded
             return loaded
 
@@ -239,18 +324,13 @@ def cache_for(manager: ModelManager) -> ModelCache:
     with _CACHES_LOCK:
         cache = _CACHES.get(root)
         if cache is None:
-            device, dtype = compute_placement(manager.config.compute)
             # dtype always named: transformers 5 loads a text encoder in its file's dtype
             # otherwise, so an fp16 model would run its CLIP in fp16 beside an fp32 UNet
-            cfg = manager.config.cache
-            cache = ModelCache(
-                lambda record, progress: manager.load_main(record, dtype=dtype, progress=progress),
-                cfg.ram_budget_gb,
-                cfg.max_loras,
-                device,
-                cfg.lora_gpu_gb,
-                cfg.device_working_mem_gb,
-                lambda record: model_bytes(record, dtype),
+            cache = ModelCache.from_config(
+                manager.config,
+                lambda record, dtype, progress, originals: manager.load_main(
+                    record, dtype=dtype, progress=progress, originals=originals
+                ),
             )
             _CACHES[root] = cache
         return cache

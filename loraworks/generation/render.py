@@ -3,6 +3,7 @@ files. `api.generate` wraps this; tests call it directly on fixture pipelines.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from loraworks.generation.denoise import (
     denoise,
     vae_scale_factor,
 )
+from loraworks.generation.events import StepReporter
 from loraworks.generation.schedulers import build_scheduler
 
 
@@ -85,3 +87,20 @@ def render(
     )
     latents = denoise(pipe, cond, job, on_step)
     return Rendered(decode(pipe.vae, latents), latents)
+
+
+def render_seeds(
+    pipe: Any,
+    s: RenderSettings,
+    count: int,
+    steps: StepReporter,
+    conds: ConditioningCache | None = None,
+) -> Iterator[tuple[RenderSettings, Rendered]]:
+    """`count` images with seeds S…S+count−1 (a request's batch), each with its settings;
+    `steps` is told which image runs and may cancel between them."""
+    steps.images = count
+    for i in range(count):
+        steps.image = i
+        steps.check()
+        seeded = replace(s, seed=s.seed + i)
+        yield seeded, render(pipe, seeded, steps, conds)

@@ -18,7 +18,7 @@ from tests.generation.conftest import SIZE, FakePipe, fake_record, tiny_request
 def _cache(budget_weights: int) -> tuple[ModelCache, list[str]]:
     loaded: list[str] = []
 
-    def load(record, progress):
+    def load(record, progress, originals):
         loaded.append(record.name)
         return FakePipe(1000)
 
@@ -60,7 +60,7 @@ def test_room_is_made_before_a_model_moves_to_the_device():
             return self
 
     # room for one
-    cache = ModelCache(lambda record, progress: _Pipe(1000), 1000 * 4 / GIB, max_loras=2)
+    cache = ModelCache(lambda record, progress, originals: _Pipe(1000), 1000 * 4 / GIB, max_loras=2)
     a, b = fake_record("a", "main"), fake_record("b", "main")
     cache.model(a)
     cache.model(b)
@@ -70,7 +70,7 @@ def test_room_is_made_before_a_model_moves_to_the_device():
         def to(self, _device):
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    huge = ModelCache(lambda record, progress: _TooBig(1000), 1.0, max_loras=2)
+    huge = ModelCache(lambda record, progress, originals: _TooBig(1000), 1.0, max_loras=2)
     with pytest.raises(GenerationError, match="not enough cpu memory to load 'a'"):
         huge.model(a)
     assert huge.loads == 0 and not huge._models
@@ -103,7 +103,7 @@ def test_only_the_newest_loras_that_fit_the_budget_stay_on_the_device(mm):
     # strictly newest first: a small old one does not jump a big newer one that did not fit
     assert device_residents([("new", 40), ("big", 70), ("small", 5)], 100) == {"new"}
     assert device_residents([("new", 40)], 39) == set()
-    cache = ModelCache(lambda record, progress: None, 1.0, max_loras=4, device=torch.device("cuda"))
+    cache = ModelCache(lambda record, progress, originals: None, 1.0, max_loras=4, device=torch.device("cuda"))
     lora = cache.lora(mm.get("sd1-c", type="lora"))
     devices = {t.device.type for layer in lora.layers.values() for t in layer.tensors().values()}
     assert devices == {"cpu"}
