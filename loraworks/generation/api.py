@@ -24,10 +24,13 @@ from loraworks.generation.errors import (
     UnusableModel,
 )
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
+from loraworks.generation.foreign import png_text
 from loraworks.generation.placement import placement
 from loraworks.generation.presets import StackEntry, resolve
 from loraworks.generation.prompt import parse_prompt
+from loraworks.generation.recalled import recall_settings
 from loraworks.generation.recipe import (
+    CHUNK,
     Recipe,
     RecipeModel,
     build_recipe,
@@ -214,9 +217,18 @@ def recall(
     manager: ModelManager | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    anyway: bool = False,
 ) -> GenerateResult:
-    """Re-run the recipe stored in `png` (one image, same seed and settings)."""
+    """Re-run the recipe stored in `png` (one image, same seed and settings). A PNG made by
+    another tool (A1111, InvokeAI, ComfyUI: `recalled.py`) is refused while anything in it
+    does not map to the installed models, unless `anyway`; what was left out is then the
+    first warning."""
     mm = _manager(manager)
+    if CHUNK not in png_text(Path(png)):
+        recalled = recall_settings(Path(png), mm)
+        result = generate(recalled.request(anyway), manager=mm, progress=progress, cancel=cancel)
+        result.warnings[:0] = [f"not recalled: {item}" for item in recalled.unmapped]
+        return result
     recipe = read_recipe(Path(png))
     notes: list[str] = []
     request = recipe.to_request().model_copy(
