@@ -57,6 +57,10 @@ class Recipe(BaseModel):
     steps: int
     cfg: float
     scheduler: str
+    #: timestep spacing (None: the model's own) and eta (None: the scheduler takes none);
+    #: recipes from before #18 have neither, which re-runs them as they were made
+    spacing: str | None = None
+    eta: float | None = None
     width: int
     height: int
     init_image: Path | None = None
@@ -77,6 +81,8 @@ class Recipe(BaseModel):
             steps=self.steps,
             cfg=self.cfg,
             scheduler=self.scheduler,
+            spacing=self.spacing,
+            eta=self.eta,
             seed=self.seed,
             loras=[LoRASpec(name=lora.key, weight=lora.weight) for lora in self.loras],
             init_image=self.init_image,
@@ -125,6 +131,8 @@ def build_recipe(
         steps=settings.steps,
         cfg=settings.cfg,
         scheduler=settings.scheduler,
+        spacing=settings.spacing,
+        eta=settings.eta,
         width=settings.width,
         height=settings.height,
         init_image=settings.init_image,

@@ -7,7 +7,7 @@ distinguishable from "set to the default" until `presets.resolve_settings` runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -19,8 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from loraworks.generation.schedulers import SchedulerName
+from loraworks.generation.schedulers import SchedulerName, Spacing, takes_spacing
 from loraworks.lora import Strength, normalise_strength
+from loraworks.models.fewstep import PresetName
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 4096
@@ -61,12 +62,16 @@ class GenerateRequest(_Strict):
     steps: int | None = Field(None, ge=1, le=1000)
     cfg: float | None = Field(None, ge=0.0, le=50.0)
     scheduler: SchedulerName | None = None
+    spacing: Spacing | None = Field(
+        None, description="timestep spacing of euler, euler_a, ddim, dpm++ (None: preset/model)"
+    )
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="TCD's gamma, DDIM's eta")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image i gets seed + i")
     batch_size: int = Field(1, ge=1, le=MAX_BATCH)
     loras: list[LoRASpec] = Field(default_factory=list)
     init_image: Path | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
-    preset: Literal["lcm"] | None = None
+    preset: PresetName | None = Field(None, description="a few-step family's config preset")
     append_trigger_words: bool = False
 
     @field_validator("width", "height")
@@ -75,6 +80,15 @@ class GenerateRequest(_Strict):
         if value is not None and value % 8:
             raise ValueError(f"must be a multiple of 8 (got {value}; try {value // 8 * 8})")
         return value
+
+    @model_validator(mode="after")
+    def _spacing_fits_the_scheduler(self) -> GenerateRequest:
+        if self.spacing and self.scheduler and not takes_spacing(self.scheduler):
+            raise ValueError(
+                f"scheduler {self.scheduler} takes no timestep spacing (it steps along its own "
+                "distillation schedule); spacing applies to euler, euler_a, ddim and dpm++"
+            )
+        return self
 
     @model_validator(mode="after")
     def _img2img_fields(self) -> GenerateRequest:

@@ -19,8 +19,9 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from loraworks.models.config import Spacing
+
 SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm", "tcd"]
-Spacing = Literal["leading", "trailing", "linspace"]
 SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 

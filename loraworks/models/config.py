@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -27,12 +27,71 @@ class GenerationDefaults(_Section):
     lora_weight: float = 0.75  # "most LoRAs perform best at a weight of .75-1"
 
 
-class LCMPreset(_Section):
-    scheduler: str = "lcm"
+#: timestep spacing of the schedulers that read one (`generation.schedulers`)
+Spacing = Literal["leading", "trailing", "linspace"]
+
+
+class PresetOverride(_Section):
+    """What a few-step preset changes for files distilled for one step count (Hyper-SD's
+    1-step unified LoRA samples with TCD at eta 1, its N-step files with DDIM trailing)."""
+
+    scheduler: str | None = None
+    spacing: Spacing | None = None
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    cfg: float | None = Field(None, ge=0.0)
+
+
+class FewStepPreset(_Section):
+    """How a few-step family samples; applied to the fields a request leaves unset when a
+    LoRA of the family (record `fewstep`) is in the stack. `steps` is the fallback when the
+    file does not state the step count it was distilled for."""
+
+    scheduler: str
+    spacing: Spacing | None = None  # None: the main model's own
+    eta: float | None = Field(None, ge=0.0, le=1.0)  # None: the scheduler's default
     steps: int = Field(4, ge=1, le=50)
-    cfg: float = 1.0
-    lcm_lora_weight: float = 0.35
+    cfg: float = Field(1.0, ge=0.0)
+    lora_weight: float = 1.0  # the family's LoRA
+    other_lora_weight: float = 0.75  # every other LoRA of the stack
+    by_steps: dict[int, PresetOverride] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_lcm_spelling(cls, data: Any) -> Any:
+        """`lcm_lora_weight`: the `[lcm]` key of config files written before #18."""
+        if isinstance(data, dict) and "lcm_lora_weight" in data:
+            data = dict(data)
+            data.setdefault("lora_weight", data.pop("lcm_lora_weight"))
+        return data
+
+
+# Each family's defaults (a line deleted from its section gets its default back).
+class LCMPreset(FewStepPreset):
+    scheduler: str = "lcm"
+    lora_weight: float = 0.35
     other_lora_weight: float = 0.45
+
+
+class TCDPreset(FewStepPreset):
+    scheduler: str = "tcd"
+    eta: float | None = Field(0.3, ge=0.0, le=1.0)
+
+
+class LightningPreset(FewStepPreset):
+    scheduler: str = "euler"
+    spacing: Spacing | None = "trailing"
+
+
+class HyperPreset(FewStepPreset):
+    scheduler: str = "ddim"
+    spacing: Spacing | None = "trailing"
+    steps: int = Field(8, ge=1, le=50)
+    by_steps: dict[int, PresetOverride] = {1: PresetOverride(scheduler="tcd", eta=1.0)}
+
+
+class PCMPreset(FewStepPreset):
+    scheduler: str = "ddim"
+    spacing: Spacing | None = "trailing"
 
 
 class CacheSettings(_Section):
@@ -83,12 +142,20 @@ class ClusterSettings(_Section):
 class Config(_Section):
     generation: GenerationDefaults = GenerationDefaults()
     lcm: LCMPreset = LCMPreset()
+    tcd: TCDPreset = TCDPreset()
+    lightning: LightningPreset = LightningPreset()
+    hyper: HyperPreset = HyperPreset()
+    pcm: PCMPreset = PCMPreset()
     cache: CacheSettings = CacheSettings()
     compute: ComputeSettings = ComputeSettings()
     patch: PatchSettings = PatchSettings()
     server: ServerSettings = ServerSettings()
     limits: Limits = Limits()
     cluster: ClusterSettings = ClusterSettings()
+
+    def fewstep(self, family: str) -> FewStepPreset:
+        """The preset of a few-step family (`models.fewstep.PresetName`)."""
+        return getattr(self, family)
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -106,17 +173,58 @@ DEFAULT_CONFIG_TOML = """\
 [generation]
 steps = 25            # denoising steps when a request gives none
 cfg = 7.5             # classifier-free guidance scale; <= 1 skips the unconditional pass
-scheduler = "euler"   # euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm
+scheduler = "euler"   # euler | euler_a | dpmpp_2m | dpmpp_2m_karras | ddim | lcm | tcd
 width = 0             # 0: the main model's native size (SD1 512, SD2-768 768, SDXL 1024,
 height = 0            #    demo-shapes 64): the UNet's sample_size x the VAE's scale factor
 lora_weight = 0.75    # weight of a LoRA picked without one and without a preferred weight
 
-[lcm]                 # applied when an LCM-LoRA is in the stack and the request leaves these unset
+# Few-step presets, one per family of the LoRA in the stack (its record's `fewstep`), applied
+# to the fields a request leaves unset. spacing: leading | trailing | linspace (euler, euler_a,
+# ddim, dpm++ only; unset: the model's own). eta: TCD's gamma / DDIM's eta (0-1). steps: used
+# when the file's name or metadata states no step count. lora_weight: the family's LoRA;
+# other_lora_weight: every other LoRA. [family.by_steps.N]: changes for files made for N steps.
+[lcm]                 # LCM-LoRA (latent consistency)
 scheduler = "lcm"
 steps = 4
 cfg = 1.0
-lcm_lora_weight = 0.35
+lora_weight = 0.35
 other_lora_weight = 0.45
+
+[tcd]                 # TCD-LoRA (trajectory consistency): more eta for more steps
+scheduler = "tcd"
+eta = 0.3
+steps = 4
+cfg = 1.0
+lora_weight = 1.0
+other_lora_weight = 0.75
+
+[lightning]           # SDXL-Lightning: Euler from the last timestep, the file's 2/4/8 steps
+scheduler = "euler"
+spacing = "trailing"
+steps = 4
+cfg = 1.0
+lora_weight = 1.0
+other_lora_weight = 0.75
+
+[hyper]               # Hyper-SD: DDIM trailing, the file's step count
+scheduler = "ddim"
+spacing = "trailing"
+steps = 8
+cfg = 1.0             # the CFG-preserving files (…-CFG-lora) want 5-8: set it per request
+lora_weight = 1.0
+other_lora_weight = 0.75
+
+[hyper.by_steps.1]    # the 1-step unified LoRA samples with TCD at eta 1 (lower for more steps)
+scheduler = "tcd"
+eta = 1.0
+
+[pcm]                 # PCM (phased consistency): DDIM trailing (normalcfg files want CFG 5-7)
+scheduler = "ddim"
+spacing = "trailing"
+steps = 4
+cfg = 1.0
+lora_weight = 1.0
+other_lora_weight = 0.75
 
 [cache]
 ram_budget_gb = 8.0   # main models kept loaded (LRU) while their size fits

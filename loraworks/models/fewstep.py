@@ -17,6 +17,8 @@ from typing import Literal, get_args
 
 FewStep = Literal["lcm", "tcd", "lightning", "hyper", "pcm", "none"]
 FEWSTEP_FAMILIES: tuple[str, ...] = get_args(FewStep)
+#: the families with a preset in `config.toml` (a request's `preset`)
+PresetName = Literal["lcm", "tcd", "lightning", "hyper", "pcm"]
 
 # Most specific first: a Hyper-SD or PCM text may also mention "consistency".
 _FAMILY_WORDS: tuple[tuple[FewStep, re.Pattern[str]], ...] = tuple(

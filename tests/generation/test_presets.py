@@ -40,7 +40,7 @@ def test_no_lcm_uses_the_config_generation_defaults():
     unset = _resolve([], seed=1).settings  # 0: the model's native size, filled once it is loaded
     assert (unset.width, unset.height) == (0, 0)
     assert [a.weight for a in r.loras] == [0.9, 0.75]
-    assert not r.lcm and r.warnings == []
+    assert r.fewstep == "none" and r.warnings == []
 
 
 def test_lcm_lora_fills_unset_fields_from_the_lcm_section():
@@ -48,7 +48,7 @@ def test_lcm_lora_fills_unset_fields_from_the_lcm_section():
     r = _resolve([StackEntry(LCM, None), StackEntry(STYLE, None), StackEntry(PLAIN, 1.0)], config)
     assert (r.settings.scheduler, r.settings.steps, r.settings.cfg) == ("lcm", 6, 1.0)
     assert [a.weight for a in r.loras] == [0.3, 0.45, 1.0]
-    assert r.lcm and r.warnings == []
+    assert r.fewstep == "lcm" and r.warnings == []
 
 
 def test_explicit_fields_win_over_the_lcm_preset_with_a_warning():
@@ -60,7 +60,7 @@ def test_explicit_fields_win_over_the_lcm_preset_with_a_warning():
 def test_preset_lcm_without_an_lcm_lora_warns():
     r = _resolve([], preset="lcm")
     assert (r.settings.scheduler, r.settings.steps, r.settings.cfg) == ("lcm", 4, 1.0)
-    assert "without an LCM-LoRA" in r.warnings[0]
+    assert "without a lcm LoRA" in r.warnings[0]
 
 
 def test_a_negative_prompt_at_cfg_1_warns_that_it_has_no_effect():
