@@ -24,7 +24,7 @@ from loraworks.generation.foreign import (
     png_text,
     read_foreign,
 )
-from loraworks.generation.recipe import CHUNK, RecipeModel, read_recipe
+from loraworks.generation.recipe import CHUNK, Recipe, RecipeModel
 from loraworks.generation.request import GenerateRequest
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.autohashes import hash_matches
@@ -123,9 +123,12 @@ def resolve(foreign: ForeignSettings, mm: ModelManager) -> RecalledSettings:
     return RecalledSettings(foreign.source, settings, unmapped)
 
 
-def _own(png: Path, mm: ModelManager) -> RecalledSettings:
+def _own(text: str, label: str, mm: ModelManager) -> RecalledSettings:
     """Our recipe, its models found by key, then by content hash, then by name."""
-    recipe = read_recipe(png)
+    try:
+        recipe = Recipe.model_validate_json(text)
+    except ValueError as exc:
+        raise RecallError(f"{label}: damaged loraworks recipe ({exc})") from None
     unmapped: list[str] = []
 
     def find(ref: RecipeModel, type_: str) -> str | None:
@@ -149,9 +152,14 @@ def _own(png: Path, mm: ModelManager) -> RecalledSettings:
     return RecalledSettings("loraworks", settings, unmapped)
 
 
+def settings_from_chunks(chunks: dict[str, str], label: str, mm: ModelManager) -> RecalledSettings:
+    """The settings a PNG's text chunks hold (the web UI sends only those), for the installed
+    models; `label` names the image in errors."""
+    if CHUNK in chunks:
+        return _own(chunks[CHUNK], label, mm)
+    return resolve(read_foreign(chunks, label), mm)
+
+
 def recall_settings(png: Path, mm: ModelManager) -> RecalledSettings:
     """The settings `png` holds, for the installed models (see the module docstring)."""
-    chunks = png_text(png)
-    if CHUNK in chunks:
-        return _own(png, mm)
-    return resolve(read_foreign(chunks, str(png)), mm)
+    return settings_from_chunks(png_text(png), str(png), mm)

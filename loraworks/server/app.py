@@ -31,6 +31,7 @@ from loraworks.server.limits import BodyLimit
 from loraworks.server.queue import GenerationQueue, Progress, RunFn, RunOutcome
 from loraworks.server.routes import cluster as cluster_routes
 from loraworks.server.routes import images, models, queue, settings
+from loraworks.server.routes import recall as recall_routes
 from loraworks.server.routes.images import image_ref
 from loraworks.server.state import ServerState
 
@@ -127,7 +128,7 @@ def create_app(
     )
     app.state.server = state
     install_handlers(app)
-    for module in (models, queue, images, settings, cluster_routes):
+    for module in (models, queue, images, settings, cluster_routes, recall_routes):
         app.include_router(module.router, prefix="/api")
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     app.add_middleware(BodyLimit, max_bytes=manager.config.limits.max_request_bytes)
