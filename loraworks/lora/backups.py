@@ -20,7 +20,9 @@
     model, never uses silently wrong weights.
 
 ``auto`` (the default) takes ``swap`` when its patched weights fit the free memory, else host
-copies when those fit the host (a GPU model), else the file; a stack that fits none is refused
+copies when those fit the host (a GPU model), else the file. ``inplace`` never swaps: on a GPU
+host copies, else the file; on the CPU, where host copies cost what swapping costs, the file
+first (host copies only for a model loaded from no file). A stack that fits none is refused
 before anything is written, with the setting to change in the message.
 """
 
@@ -106,13 +108,14 @@ def plan_strategy(
         "host": {host: sum(patched.values())},
         "file": {host: _uncovered_bytes(targets, originals)},
     }
-    plans: list[Plan] = []
-    if strategy != "inplace":
-        plans.append("swap")
-    if strategy == "inplace" or (strategy == "auto" and on_gpu):  # on the CPU, host = swap
-        plans.append("host")
-    if strategy != "swap" and originals is not None:
-        plans.append("file")
+    plans: list[Plan]
+    if strategy == "swap":
+        plans = ["swap"]
+    elif strategy == "auto":  # on the CPU host copies cost what swap costs: never chosen
+        plans = ["swap", "host", "file"] if on_gpu else ["swap", "file"]
+    else:  # inplace: asked not to double the weights' memory
+        plans = ["host", "file"] if on_gpu else ["file", "host"]
+    plans = [plan for plan in plans if plan != "file" or originals is not None]
     missing = None
     for plan in plans:
         missing = short(extra[plan])

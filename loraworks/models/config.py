@@ -11,7 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loraworks.lora.blocks import FORMS, PRESETS
 
 
 class _Section(BaseModel):
@@ -152,6 +154,28 @@ class Config(_Section):
     server: ServerSettings = ServerSettings()
     limits: Limits = Limits()
     cluster: ClusterSettings = ClusterSettings()
+    #: the user's block-weight presets (`lbw=NAME`), beside the LoRA Block Weight extension's
+    lbw_presets: dict[str, list[float]] = Field(default_factory=dict)
+
+    @field_validator("lbw_presets", mode="before")
+    @classmethod
+    def _lbw_presets(cls, value: object) -> object:
+        """ "1,0,0.5,…" as the extension writes them; a length it takes; no default preset's
+        name (`lbw=ALL` must mean the same everywhere)."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, vector in value.items():
+            if name in PRESETS:
+                raise ValueError(f"lbw preset {name!r} is a default preset's name; pick another")
+            if isinstance(vector, str):
+                vector = [part.strip() for part in vector.split(",")]
+            if not isinstance(vector, list) or len(vector) not in FORMS:
+                raise ValueError(
+                    f"lbw preset {name!r} needs 17 or 26 values (SD1/SD2) or 12 or 20 (SDXL)"
+                )
+            out[name] = vector
+        return out
 
     def fewstep(self, family: str) -> FewStepPreset:
         """The preset of a few-step family (`models.fewstep.PresetName`)."""
@@ -242,7 +266,7 @@ precision = "auto"    # auto (float16 on a GPU, float32 elsewhere) | float32 | f
 strategy = "auto"     # auto: swap when the patched copies fit in memory, else in place |
                       #   swap: new tensors, originals kept (fastest; costs the patched size) |
                       #   inplace: written into the model's own memory; originals kept in host
-                      #   memory (GPU) or re-read from the model file on restore (when short)
+                      #   memory (GPU; the file when short) or re-read from the model file (CPU)
 
 [server]
 host = "127.0.0.1"
@@ -259,6 +283,10 @@ max_install_gb = 20.0        # largest file, folder or download an install takes
 install_timeout_s = 3600.0   # an install (path, folder or URL) that takes longer is abandoned
 metadata_kept_kb = 256       # header metadata kept in a record; the largest values beyond this
                       #   stay in the file only (what the product reads is taken before)
+
+[lbw_presets]         # your block-weight presets for <lora:name:1:lbw=NAME> (docs/generation.md):
+                      #   17 values (SD1/SD2 LoRA), 26 (SD1/SD2 LyCORIS/full), 12 or 20 (SDXL)
+# FACE = "1,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0"
 
 [cluster]             # `loraworks serve --cluster` only (docs/cluster.md)
 max_ongoing_requests = 4  # jobs a replica holds at once (one runs; of the others, those with

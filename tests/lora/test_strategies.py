@@ -194,3 +194,15 @@ def test_auto_swaps_when_it_fits_and_goes_in_place_when_it_does_not(tmp_path, mo
     patcher = LoRAPatcher(c.as_mapping(), originals=originals)
     assert patcher.set([(lora, 1.0)]).strategy == "file"
     patcher.restore()
+
+
+def test_inplace_on_the_cpu_reads_the_file_before_it_copies(tmp_path, monkeypatch):
+    """On the CPU host copies cost what swapping costs, so `inplace` takes the file even with
+    memory to spare (host copies only for a model loaded from no file). Fails with the GPU's
+    order (host copies first) on the CPU."""
+    c, lora = _model("sd1", torch.float16)
+    originals = FileOriginals(c, tmp_path)
+    patcher = LoRAPatcher(c.as_mapping(), strategy="inplace", originals=originals)
+    assert patcher.set([(lora, 1.0)]).strategy == "file"
+    patcher.restore()
+    assert LoRAPatcher(c.as_mapping(), strategy="inplace").set([(lora, 1.0)]).strategy == "host"
