@@ -56,6 +56,12 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// the hash A1111 and Civitai show for it: a LoRA's AutoV3, other files' AutoV2 (none: folders)
+const shortHash = (m) => {
+  const kind = m.type === "lora" ? "AutoV3" : "AutoV2";
+  return m.hashes && m.hashes[kind] ? `${kind} ${m.hashes[kind]}` : "";
+};
+
 const BASE_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
 const baseLabel = (base) => BASE_LABEL[base] || base || "unknown base";
 const fitsLabel = (m) => m.compatible_bases.map(baseLabel).join(", ") || "no known base";
@@ -415,27 +421,87 @@ function selectImage(id) {
        `${l.name} @ ${loraWeightText(l.weight)}`)));
 }
 
-function useSettings() {
-  const recipe = state.images.get(state.selected)?.recipe;
-  if (!recipe) return;
-  const model = state.mains.find((m) => m.key === recipe.model?.key) || state.mains.find((m) => m.name === recipeModelName(recipe));
+// Fill the form from request-shaped settings (`model` a main model's key); `loras` are
+// {key, name, weight}. Returns the LoRAs it could not put in the stack.
+function fillForm(settings, model, loras) {
   if (model) $("#model").value = model.key;
-  $("#prompt").value = recipe.prompt ?? "";
-  $("#negative").value = recipe.negative_prompt ?? "";
+  $("#prompt").value = settings.prompt ?? "";
+  $("#negative").value = settings.negative_prompt ?? "";
   for (const [id, key] of [["#width", "width"], ["#height", "height"], ["#steps", "steps"], ["#cfg", "cfg"], ["#seed", "seed"]]) {
-    $(id).value = recipe[key] ?? "";
+    $(id).value = settings[key] ?? "";
   }
-  $("#scheduler").value = recipe.scheduler ?? "";
+  $("#scheduler").value = settings.scheduler ?? "";
   const missing = [];
   state.stack = [];
-  for (const used of recipe.loras || []) {
+  for (const used of loras) {
     const lora = state.loras.find((l) => l.key === used.key) || state.loras.find((l) => l.name === used.name);
-    if (!lora || typeof used.weight !== "number") { missing.push(used.name); continue; }
+    if (!lora || typeof used.weight !== "number") { missing.push(lora?.name || used.name); continue; }
     state.stack.push({ key: lora.key, name: lora.name, weight: used.weight, is_lcm: lora.is_lcm });
   }
   renderStack();
   renderCards();
+  return missing;
+}
+
+function useSettings() {
+  const recipe = state.images.get(state.selected)?.recipe;
+  if (!recipe) return;
+  const model = state.mains.find((m) => m.key === recipe.model?.key) || state.mains.find((m) => m.name === recipeModelName(recipe));
+  const missing = fillForm(recipe, model, recipe.loras || []);
   notice(missing.length ? `Not restored (not installed or per-component weight): ${missing.join(", ")}` : "Settings restored.", !missing.length);
+}
+
+// --- settings from any PNG: ours, A1111, InvokeAI, ComfyUI (docs/interop.md) -------------
+
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// A PNG's text chunks (tEXt, zTXt, iTXt) as keyword -> text; the pixels stay here.
+async function pngTextChunks(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  const latin1 = new TextDecoder("latin1");
+  const utf8 = new TextDecoder("utf-8");
+  if (bytes.length < 8 || latin1.decode(bytes.subarray(1, 4)) !== "PNG") throw new Error("Not a PNG file.");
+  const chunks = {};
+  for (let pos = 8; pos + 12 <= bytes.length;) {
+    const length = view.getUint32(pos);
+    const type = latin1.decode(bytes.subarray(pos + 4, pos + 8));
+    const data = bytes.subarray(pos + 8, Math.min(pos + 8 + length, bytes.length));
+    pos += 12 + length;
+    if (type === "IEND") break;
+    const nul = data.indexOf(0);
+    if (!["tEXt", "zTXt", "iTXt"].includes(type) || nul < 0) continue;
+    const key = latin1.decode(data.subarray(0, nul));
+    if (type === "tEXt") chunks[key] = latin1.decode(data.subarray(nul + 1));
+    else if (type === "zTXt") chunks[key] = latin1.decode(await inflate(data.subarray(nul + 2)));
+    else {
+      const compressed = data[nul + 1] === 1;
+      const language = data.indexOf(0, nul + 3);
+      const text = data.subarray(data.indexOf(0, language + 1) + 1);
+      chunks[key] = utf8.decode(compressed ? await inflate(text) : text);
+    }
+  }
+  return chunks;
+}
+
+async function openPng(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  try {
+    const chunks = await pngTextChunks(await file.arrayBuffer());
+    const found = await api("/api/recall", { method: "POST", body: { chunks, name: file.name } });
+    const s = found.settings;
+    const model = state.mains.find((m) => m.key === s.model);
+    const missing = fillForm(s, model, (s.loras || []).map((l) => ({ key: l.name, name: l.name, weight: l.weight })));
+    const unmapped = [...found.unmapped, ...missing.map((name) => `LoRA ${name} (per-component weight)`)];
+    notice(unmapped.length ? `${found.source} image; not restored: ${unmapped.join("; ")}` : `${found.source} image: settings restored.`, !unmapped.length);
+  } catch (error) {
+    notice(error.message);
+  }
 }
 
 async function deleteSelected() {
@@ -493,7 +559,9 @@ function renderModelsTable(models) {
     const editable = m.type === "lora";
     return el("tr", { "data-testid": "model-row", dataset: { key: m.key, name: m.name } },
       el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
-      el("td", {}, m.type), el("td", {}, baseLabel(m.base)), el("td", {}, formatLabel(m)),
+      el("td", {}, m.type), el("td", {}, baseLabel(m.base)),
+      el("td", { title: Object.entries(m.hashes || {}).map(([k, v]) => `${k} ${v}`).join("\n") },
+        formatLabel(m), el("div", { class: "muted", "data-testid": "model-hash" }, shortHash(m))),
       el("td", { class: `status-${m.status}`, "data-testid": "model-status" }, m.status === "ok" ? "ok" : `${m.status}: ${m.error || ""}`),
       el("td", {}, editable ? triggers : ""), el("td", {}, editable ? weight : ""),
       el("td", { class: "actions" },
@@ -548,6 +616,7 @@ async function start() {
   $("#apply-lcm").addEventListener("click", applyLcmSettings);
   $("#cancel").addEventListener("click", cancelCurrent);
   $("#use-settings").addEventListener("click", useSettings);
+  $("#open-png").addEventListener("change", openPng);
   $("#delete-image").addEventListener("click", deleteSelected);
   $("#gallery-more").addEventListener("click", () => loadGallery(false));
   $("#install-form").addEventListener("submit", install);
