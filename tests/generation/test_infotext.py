@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 
 import pytest
 import torch
@@ -28,6 +27,7 @@ from loraworks.generation.infotext import (
 from loraworks.generation.recipe import Recipe
 from loraworks.generation.schedulers import SCHEDULERS
 from tests.embeddings.producers import write_kohya
+from tests.fixtures.a1111_hashes import after_header as _after_header
 from tests.generation.conftest import tiny_request
 
 # one pair: a key, then a JSON string or text up to the next comma
@@ -54,11 +54,6 @@ def a1111_read(text: str) -> tuple[str, str, dict[str, str]]:
 def _hashes(text: str) -> dict[str, str]:
     """`Lora hashes`/`TI hashes`: "name: hash, …"."""
     return dict(item.strip().rsplit(": ", 1) for item in text.split(","))
-
-
-def _after_header(data: bytes) -> bytes:
-    (length,) = struct.unpack("<Q", data[:8])
-    return data[8 + length :]
 
 
 def test_every_png_reads_back_to_every_field(mm, tmp_path):

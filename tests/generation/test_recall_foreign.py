@@ -8,9 +8,7 @@ with hashes computed here by hashlib/blake3. The truth: the request a user would
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 
 import blake3
 import pytest
@@ -21,17 +19,10 @@ from typer.testing import CliRunner
 from loraworks.generation import GenerateRequest, LoRASpec, RecallError, recall_settings
 from loraworks.models import ModelManager
 from tests.embeddings.producers import write_a1111
+from tests.fixtures.a1111_hashes import autov3 as _autov3
+from tests.fixtures.a1111_hashes import sha256 as _sha
 from tests.fixtures.checkpoints import published_layout, write_checkpoint
 from tests.models.lora_files import kohya_sd1_tensors, write
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _autov3(data: bytes) -> str:
-    (length,) = struct.unpack("<Q", data[:8])
-    return _sha(data[8 + length :])[:12]
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ tensors serialised with only the `ss_*` metadata, hashed after that header."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
-import struct
 
 import pytest
 import safetensors.torch
@@ -17,17 +15,10 @@ import torch
 from loraworks.models import ModelManager
 from loraworks.models.hashing import digest_file
 from tests.embeddings.producers import write_a1111
+from tests.fixtures.a1111_hashes import after_header as _after_header
+from tests.fixtures.a1111_hashes import sha256 as _sha
 from tests.fixtures.checkpoints import published_layout, write_checkpoint
 from tests.models.lora_files import kohya_metadata, kohya_sd1_tensors, write, write_lcm_folder
-
-
-def _after_header(data: bytes) -> bytes:
-    (length,) = struct.unpack("<Q", data[:8])
-    return data[8 + length :]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _kohya_sshs_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

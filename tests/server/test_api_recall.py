@@ -3,14 +3,9 @@ what does not map; the model list shows each model's A1111/Civitai hashes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 
-
-def _autov3(data: bytes) -> str:
-    (length,) = struct.unpack("<Q", data[:8])
-    return hashlib.sha256(data[8 + length :]).hexdigest()[:12]
+from tests.fixtures.a1111_hashes import autov3 as _autov3
 
 
 def test_models_show_their_hashes(client, manager):

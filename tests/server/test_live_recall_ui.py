@@ -3,18 +3,11 @@ some savers write it) fills the form and the stack; what does not map is shown."
 
 from __future__ import annotations
 
-import hashlib
-import struct
-
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.fixtures.a1111_hashes import autov3 as _autov3
 from tests.server.test_live_ui import browser, live, page  # noqa: F401
-
-
-def _autov3(data: bytes) -> str:
-    (length,) = struct.unpack("<Q", data[:8])
-    return hashlib.sha256(data[8 + length :]).hexdigest()[:12]
 
 
 @pytest.mark.browser
