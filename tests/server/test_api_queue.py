@@ -212,16 +212,22 @@ def test_bases_follow_the_engine_rule_not_the_record_base(client, manager, fake_
     assert all(word in message for word in ("xl-detail", "tiny-sd1", "is for sdxl", "is sd1"))
 
 
-def test_settings_give_the_ui_its_defaults_and_the_lcm_preset(client):
+def test_settings_give_the_ui_its_defaults_and_the_fewstep_presets(client):
     settings = client.get("/api/settings").json()
-    assert settings["lcm"] == {
+    assert settings["fewstep"]["lcm"] == {
         "scheduler": "lcm",
+        "spacing": None,
+        "eta": None,
         "steps": 4,
         "cfg": 1.0,
-        "lcm_lora_weight": 0.35,
+        "lora_weight": 0.35,
         "other_lora_weight": 0.45,
+        "by_steps": {},
     }
-    assert {"euler", "lcm", "dpmpp_2m_karras"} <= set(settings["schedulers"])
+    assert set(settings["fewstep"]) == {"lcm", "tcd", "lightning", "hyper", "pcm"}
+    assert settings["fewstep"]["hyper"]["by_steps"]["1"]["scheduler"] == "tcd"
+    assert settings["spacings"] == ["leading", "trailing", "linspace"]
+    assert {"euler", "lcm", "tcd", "dpmpp_2m_karras"} <= set(settings["schedulers"])
     assert settings["generation"]["lora_weight"] == 0.75
     if not torch.cuda.is_available():
         assert settings["compute"] == "cpu, float32"

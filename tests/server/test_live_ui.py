@@ -173,23 +173,29 @@ def test_pick_two_loras_generate_and_see_the_recipe(live, page):
 
 
 @pytest.mark.browser
-def test_picking_an_lcm_lora_offers_the_lcm_settings(page):
+def test_picking_an_lcm_lora_offers_its_preset(page):
     lcm = page.locator("[data-testid=lora-card][data-name='lcm-tiny']")
-    assert lcm.locator("[data-testid=lcm-badge]").count() == 1
-    offer = page.locator("[data-testid=lcm-offer]")
+    assert lcm.locator("[data-testid=fewstep-badge]").inner_text() == "LCM"
+    offer = page.locator("[data-testid=fewstep-offer]")
     assert offer.is_hidden()
     lcm.locator("[data-testid=add-lora]").click()
     page.locator("[data-testid=lora-card][data-name='ink'] [data-testid=add-lora]").click()
-    assert offer.is_visible()
-    page.locator("[data-testid=apply-lcm]").click()
-    fields = [
-        page.locator(f"[data-testid={f}]").input_value() for f in ("scheduler", "steps", "cfg")
+    assert offer.is_visible() and "lcm LoRA" in offer.inner_text()
+    page.locator("[data-testid=steps]").fill("12")
+    _set_weight(page, "ink", "1.2")
+    page.locator("[data-testid=use-preset]").click()  # empties what the preset fills
+    fields = ("scheduler", "steps", "cfg")
+    assert [page.locator(f"[data-testid={f}]").input_value() for f in fields] == ["", "", ""]
+    placeholders = [
+        page.locator(f"[data-testid={f}]").get_attribute("placeholder") for f in fields[1:]
     ]
-    assert fields == ["lcm", "4", "1"]
+    assert placeholders == ["4", "1"]
+    assert page.locator("#scheduler option").first.inner_text() == "lcm preset (lcm)"
     weights = page.locator("[data-testid=weight-number]").evaluate_all(
         "boxes => boxes.map(b => [b.closest('[data-name]').dataset.name, b.value])"
     )
     assert weights == [["lcm-tiny", "0.35"], ["ink", "0.45"]]
+    assert page.locator("[data-testid=weight-auto]").count() == 2
     page.locator("[data-testid=stack-row][data-name='lcm-tiny'] [data-testid=remove-lora]").click()
     assert offer.is_hidden()
 

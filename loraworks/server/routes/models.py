@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraworks.models import sidecars
+from loraworks.models.fewstep import FewStep
 from loraworks.models.records import BaseName, ModelRecord, ModelType, ScanReport
 from loraworks.server.errors import ApiError
 from loraworks.server.state import ServerState, server_state
@@ -42,6 +43,7 @@ class ModelEdit(BaseModel):
     trigger_words: list[Annotated[str, Field(max_length=500)]] | None = Field(None, max_length=100)
     default_weight: float | None = Field(None, ge=-10, le=10)
     description: str | None = Field(None, max_length=10_000)
+    fewstep: FewStep | None = Field(None, description="few-step family: which preset it brings")
 
 
 class ScanOut(BaseModel):
@@ -95,11 +97,13 @@ def scan_models(state: State) -> ScanOut:
 
 @router.patch("/{key}")
 def edit_model(key: str, body: ModelEdit, state: State) -> ModelOut:
-    """Edit name, trigger words, default weight or description; edits survive rescans."""
+    """Edit name, trigger words, default weight, description or few-step family; edits survive
+    rescans."""
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise ApiError(
-            400, "Nothing to change: send name, trigger_words, default_weight or description."
+            400,
+            "Nothing to change: send name, trigger_words, default_weight, description or fewstep.",
         )
     return ModelOut.of(state.manager.update(state.manager.get(key).key, **changes))
 

@@ -1,5 +1,5 @@
-"""Defaults the UI needs: generation defaults, the LCM preset, the scheduler names and where
-models run."""
+"""Defaults the UI needs: generation defaults, the few-step presets, the scheduler and spacing
+names and where models run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from loraworks.generation.cache import compute_summary
-from loraworks.generation.schedulers import SchedulerName
-from loraworks.models.config import GenerationDefaults, LCMPreset
+from loraworks.generation.schedulers import SPACINGS, SchedulerName
+from loraworks.models.config import FewStepPreset, GenerationDefaults
+from loraworks.models.fewstep import PresetName
 from loraworks.server.state import ServerState, server_state
 
 router = APIRouter(tags=["settings"])
@@ -19,8 +20,9 @@ State = Annotated[ServerState, Depends(server_state)]
 
 class SettingsOut(BaseModel):
     generation: GenerationDefaults
-    lcm: LCMPreset
+    fewstep: dict[str, FewStepPreset]  # by family (a record's `fewstep`)
     schedulers: list[str]
+    spacings: list[str]
     compute: str  # e.g. "cuda:0 (NVIDIA H100 80GB HBM3), float16" or "cpu, float32"
 
 
@@ -33,7 +35,8 @@ def get_settings(state: State) -> SettingsOut:
         compute = f"unavailable ({exc})"
     return SettingsOut(
         generation=config.generation,
-        lcm=config.lcm,
+        fewstep={family: config.fewstep(family) for family in get_args(PresetName)},
         schedulers=list(get_args(SchedulerName)),
+        spacings=list(SPACINGS),
         compute=compute,
     )

@@ -10,7 +10,8 @@ const state = {
   mains: [],        // main model records
   loras: [],        // LoRA records
   embeddings: [],   // textual-inversion embedding records
-  stack: [],        // [{key, name, weight, is_lcm}]
+  stack: [],        // [{key, name, weight (null: sent without, the preset's or default), used,
+                    //   fewstep, fewstep_steps}]
   galleryOffset: 0,
   images: new Map(), // id -> gallery item (with recipe)
   selected: null,   // selected image id
@@ -79,6 +80,8 @@ async function loadSettings() {
   const select = $("#scheduler");
   select.replaceChildren(el("option", { value: "" }, `default (${gen.scheduler})`));
   for (const name of state.settings.schedulers) select.append(el("option", { value: name }, name));
+  $("#spacing").replaceChildren(el("option", { value: "" }, "preset / model's own"),
+    ...state.settings.spacings.map((name) => el("option", { value: name }, name)));
   $("#width").placeholder = gen.width || "native";
   $("#height").placeholder = gen.height || "native";
   $("#steps").placeholder = gen.steps;
@@ -164,7 +167,7 @@ function renderCards() {
         el("div", { class: "badges" },
           el("span", { class: "badge", title: "fits " + fitsLabel(lora) }, baseLabel(lora.base)),
           el("span", { class: "badge", title: formatLabel(lora) }, lora.format),
-          lora.is_lcm ? el("span", { class: "badge lcm", "data-testid": "lcm-badge" }, "LCM") : null,
+          fewstepBadge(lora),
           lora.status !== "ok" ? el("span", { class: "badge error" }, lora.status) : null),
         reason ? el("div", { class: "reason", "data-testid": "incompatible-reason" }, reason) : null,
         triggerChips(lora),
@@ -215,19 +218,54 @@ function renderEmbeddingCards() {
   }
 }
 
-function defaultWeight(lora) {
-  return lora.default_weight ?? state.settings.generation.lora_weight;
+// The few-step family whose preset applies (the engine's rule: the first LoRA that has one).
+function stackFamily() {
+  return state.stack.find((s) => s.fewstep && s.fewstep !== "none")?.fewstep ?? null;
+}
+
+// What the fields left empty will get (generation.fewstep): the stack family's preset, with
+// the step count its file states and that count's overrides, else the config's defaults.
+function plannedSampling() {
+  const gen = state.settings.generation;
+  const family = stackFamily();
+  const preset = family && state.settings.fewstep[family];
+  if (!preset) return { family: null, scheduler: gen.scheduler, spacing: null, eta: null, steps: gen.steps, cfg: gen.cfg };
+  const steps = state.stack.find((s) => s.fewstep === family).fewstep_steps ?? preset.steps;
+  const over = preset.by_steps[steps] || {};
+  return { family, scheduler: over.scheduler ?? preset.scheduler, spacing: over.spacing ?? preset.spacing,
+           eta: over.eta ?? preset.eta, steps, cfg: over.cfg ?? preset.cfg };
+}
+
+// The weight a LoRA sent without one gets (presets.resolve): the preset's, else its own
+// preferred weight, else the config's.
+function expectedWeight(entry) {
+  const family = stackFamily();
+  const preset = family && state.settings.fewstep[family];
+  if (preset) return entry.fewstep === family ? preset.lora_weight : preset.other_lora_weight;
+  const lora = state.loras.find((l) => l.key === entry.key);
+  return lora?.default_weight ?? state.settings.generation.lora_weight;
+}
+
+function fewstepBadge(record, inline = false) {
+  if (!record.fewstep || record.fewstep === "none") return null;
+  const steps = record.fewstep_steps ? ` ${record.fewstep_steps}-step` : "";
+  return el("span", { class: "badge fewstep" + (inline ? " inline" : ""), "data-testid": "fewstep-badge",
+                      title: "few-step LoRA: its preset (config.toml) fills the fields left empty" },
+            record.fewstep.toUpperCase() + steps);
 }
 
 function addLora(lora) {
   if (state.stack.some((s) => s.key === lora.key)) return;
-  state.stack.push({ key: lora.key, name: lora.name, weight: defaultWeight(lora), is_lcm: lora.is_lcm });
+  for (const entry of state.stack) delete entry.used;  // the presets in play may change
+  state.stack.push({ key: lora.key, name: lora.name, weight: null, fewstep: lora.fewstep,
+                     fewstep_steps: lora.fewstep_steps });
   renderStack();
   renderCards();
 }
 
 function removeLora(key) {
   state.stack = state.stack.filter((s) => s.key !== key);
+  for (const entry of state.stack) delete entry.used;
   renderStack();
   renderCards();
 }
@@ -243,9 +281,11 @@ function renderStack() {
     notice(`Removed from the stack (does not fit this model): ${dropped.map((s) => s.name).join(", ")}`);
   }
   const rows = state.stack.map((entry) => {
-    const slider = el("input", { type: "range", min: -2, max: 2, step: 0.05, value: entry.weight,
+    // untouched: the weight the last image used, else the one generation will give it
+    const shown = entry.weight ?? entry.used ?? expectedWeight(entry);
+    const slider = el("input", { type: "range", min: -2, max: 2, step: 0.05, value: shown,
                                  "aria-label": `${entry.name} weight`, "data-testid": "weight-slider" });
-    const number = el("input", { type: "number", step: "any", value: entry.weight,
+    const number = el("input", { type: "number", step: "any", value: shown,
                                  "aria-label": `${entry.name} weight value`, "data-testid": "weight-number" });
     slider.addEventListener("input", () => { entry.weight = Number(slider.value); number.value = slider.value; });
     number.addEventListener("input", () => {
@@ -255,7 +295,11 @@ function renderStack() {
     });
     return el("div", { class: "stack-row", "data-testid": "stack-row", dataset: { key: entry.key, name: entry.name } },
       el("span", { class: "name", title: entry.name }, entry.name,
-         entry.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
+         fewstepBadge(entry, true),
+         entry.weight === null
+           ? el("span", { class: "muted auto", "data-testid": "weight-auto",
+                          title: "from the preset or the default until you move the slider" }, "auto")
+           : null),
       slider, number,
       el("button", { type: "button", title: "remove", "data-testid": "remove-lora",
                      onclick: () => removeLora(entry.key) }, "✕"));
@@ -263,15 +307,38 @@ function renderStack() {
   const stack = $("#lora-stack");
   stack.replaceChildren(...rows);
   if (!rows.length) stack.append(el("p", { class: "muted empty" }, "No LoRA picked. Add one from the cards below."));
-  $("#lcm-offer").hidden = !state.stack.some((s) => s.is_lcm);
+  showPlannedSampling();
 }
 
-function applyLcmSettings() {
-  const lcm = state.settings.lcm;
-  $("#scheduler").value = lcm.scheduler;
-  $("#steps").value = lcm.steps;
-  $("#cfg").value = lcm.cfg;
-  for (const entry of state.stack) entry.weight = entry.is_lcm ? lcm.lcm_lora_weight : lcm.other_lora_weight;
+function showPlannedSampling() {
+  const plan = plannedSampling();
+  const sampler = plan.scheduler + (plan.spacing ? ` ${plan.spacing}` : "");
+  $("#scheduler").options[0].textContent = `${plan.family ? `${plan.family} preset` : "default"} (${sampler})`;
+  $("#steps").placeholder = plan.steps;
+  $("#cfg").placeholder = plan.cfg;
+  $("#eta").placeholder = plan.eta ?? "";
+  $("#fewstep-offer").hidden = !plan.family;
+  if (plan.family) {
+    $("#fewstep-offer-text").textContent = `A ${plan.family} LoRA is in the stack: the fields left ` +
+      `empty get its preset (${sampler}${plan.eta !== null ? `, eta ${plan.eta}` : ""}, ${plan.steps} steps, CFG ${plan.cfg}).`;
+  }
+}
+
+// Empty what the preset fills, so that it applies (weights too: sent without one).
+function usePreset() {
+  for (const id of ["#scheduler", "#spacing", "#eta", "#steps", "#cfg"]) $(id).value = "";
+  for (const entry of state.stack) entry.weight = null;
+  renderStack();
+}
+
+// After an image: untouched sliders show the weight it used.
+function showUsedWeights(id) {
+  const recipe = state.images.get(id)?.recipe;
+  if (!recipe) return;
+  for (const entry of state.stack) {
+    const used = (recipe.loras || []).find((l) => l.key === entry.key);
+    if (used && typeof used.weight === "number") entry.used = used.weight;
+  }
   renderStack();
 }
 
@@ -287,13 +354,14 @@ function buildRequest() {
     model: $("#model").value,
     prompt: $("#prompt").value,
     batch_size: numberField("#batch") ?? 1,
-    loras: state.stack.map((s) => ({ name: s.key, weight: s.weight })),
+    loras: state.stack.map((s) => (s.weight === null ? { name: s.key } : { name: s.key, weight: s.weight })),
     append_trigger_words: $("#append-triggers").checked,
   };
   const optional = {
     negative_prompt: $("#negative").value || undefined,
     width: numberField("#width"), height: numberField("#height"), steps: numberField("#steps"),
     cfg: numberField("#cfg"), seed: numberField("#seed"), scheduler: $("#scheduler").value || undefined,
+    spacing: $("#spacing").value || undefined, eta: numberField("#eta"),
   };
   for (const [key, value] of Object.entries(optional)) if (value !== undefined) request[key] = value;
   return request;
@@ -346,7 +414,7 @@ function follow(itemId) {
     setProgress(1, `Done: ${data.images.length} image(s).`);
     for (const warning of data.warnings) notice(warning, true);
     await loadGallery(true);
-    if (data.images.length) selectImage(data.images[0].id);
+    if (data.images.length) { selectImage(data.images[0].id); showUsedWeights(data.images[0].id); }
   });
   source.addEventListener("failed", (e) => {
     finish();
@@ -412,6 +480,7 @@ function selectImage(id) {
   const rows = [
     ["model", recipeModelName(recipe)], ["prompt", recipe.prompt], ["negative", recipe.negative_prompt],
     ["seed", recipe.seed], ["steps", recipe.steps], ["CFG", recipe.cfg], ["scheduler", recipe.scheduler],
+    ["spacing", recipe.spacing], ["eta", recipe.eta],
     ["size", recipe.width && `${recipe.width}×${recipe.height}`], ["created", image.created_at],
   ];
   $("#recipe").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
@@ -431,12 +500,15 @@ function fillForm(settings, model, loras) {
     $(id).value = settings[key] ?? "";
   }
   $("#scheduler").value = settings.scheduler ?? "";
+  $("#spacing").value = settings.spacing ?? "";
+  $("#eta").value = settings.eta ?? "";
   const missing = [];
   state.stack = [];
   for (const used of loras) {
     const lora = state.loras.find((l) => l.key === used.key) || state.loras.find((l) => l.name === used.name);
     if (!lora || typeof used.weight !== "number") { missing.push(lora?.name || used.name); continue; }
-    state.stack.push({ key: lora.key, name: lora.name, weight: used.weight, is_lcm: lora.is_lcm });
+    state.stack.push({ key: lora.key, name: lora.name, weight: used.weight, fewstep: lora.fewstep,
+                       fewstep_steps: lora.fewstep_steps });
   }
   renderStack();
   renderCards();
@@ -558,7 +630,7 @@ function renderModelsTable(models) {
     };
     const editable = m.type === "lora";
     return el("tr", { "data-testid": "model-row", dataset: { key: m.key, name: m.name } },
-      el("td", { title: m.path }, m.name, m.is_lcm ? el("span", { class: "badge lcm inline" }, "LCM") : null),
+      el("td", { title: m.path }, m.name, fewstepBadge(m, true)),
       el("td", {}, m.type), el("td", {}, baseLabel(m.base)),
       el("td", { title: Object.entries(m.hashes || {}).map(([k, v]) => `${k} ${v}`).join("\n") },
         formatLabel(m), el("div", { class: "muted", "data-testid": "model-hash" }, shortHash(m))),
@@ -613,7 +685,7 @@ async function start() {
   $("#gen-form").addEventListener("submit", submit);
   $("#model").addEventListener("change", () => { renderCards(); renderEmbeddingCards(); renderStack(); });
   $("#lora-search").addEventListener("input", renderCards);
-  $("#apply-lcm").addEventListener("click", applyLcmSettings);
+  $("#use-preset").addEventListener("click", usePreset);
   $("#cancel").addEventListener("click", cancelCurrent);
   $("#use-settings").addEventListener("click", useSettings);
   $("#open-png").addEventListener("change", openPng);
