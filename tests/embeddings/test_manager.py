@@ -159,6 +159,7 @@ def test_migration_5_lists_the_bundles_of_loras_recorded_before(mm, tmp_path):
         c.execute("ALTER TABLE models DROP COLUMN bundled_embeddings")
         c.execute("ALTER TABLE models DROP COLUMN fewstep")  # and migration 6's
         c.execute("ALTER TABLE models DROP COLUMN fewstep_steps")
+        c.execute("ALTER TABLE models DROP COLUMN hashes")  # and migration 7's
         c.execute("ALTER TABLE models ADD COLUMN is_lcm INTEGER NOT NULL DEFAULT 0")
         c.execute("UPDATE schema_version SET version = 4")
     c.close()

@@ -111,6 +111,7 @@ def test_a_database_from_before_the_column_is_migrated_on_open(mm, tmp_path):
         c.execute("ALTER TABLE models DROP COLUMN bundled_embeddings")
         c.execute("ALTER TABLE models DROP COLUMN fewstep")
         c.execute("ALTER TABLE models DROP COLUMN fewstep_steps")
+        c.execute("ALTER TABLE models DROP COLUMN hashes")
         c.execute("ALTER TABLE models ADD COLUMN is_lcm INTEGER NOT NULL DEFAULT 0")
         c.execute("UPDATE schema_version SET version = 1")
     c.close()
