@@ -41,6 +41,8 @@ from loraworks.generation.recipe import (
 from loraworks.generation.render import RenderSettings, render_seeds, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.generation.textual_inversion import find_uses, prepare, word_warnings
+from loraworks.generation.windows import StepWindows, first_stack, has_window
+from loraworks.lora import with_user_presets
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
 
@@ -102,7 +104,8 @@ def _stack(mm: ModelManager, specs: list[LoRASpec], main: ModelRecord) -> list[S
             raise GenerationError(
                 f"LoRA '{record.name}' is given twice (request and/or <lora:> tags); give it once"
             )
-        stack.append(StackEntry(record, spec.weight))
+        weight = with_user_presets(spec.weight, main.base, mm.config.lbw_presets, record.name)
+        stack.append(StackEntry(record, weight))
     return stack
 
 
@@ -173,8 +176,10 @@ def generate(
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     result = GenerateResult([], list(resolved.warnings), {})
     try:
-        with cache.patched(main, stack) as (loaded, report):
+        with cache.patched(main, first_stack(stack)) as (loaded, report):
             loaded.conds.sync(report)
+            if any(has_window(weight) for _, weight in stack):  # switched between steps
+                steps.after_step = StepWindows(loaded.patcher, stack).after_step
             compute = placement(loaded.pipe.unet)
             for seeded, rendered in render_seeds(
                 loaded.pipe, s, request.batch_size, steps, loaded.conds

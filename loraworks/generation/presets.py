@@ -6,14 +6,14 @@ come from the config file."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from loraworks.generation.emphasis import has_emphasis, parse_emphasis
 from loraworks.generation.fewstep import FewStep, choose, preset_weight, sampling
 from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import MAX_SEED, GenerateRequest
-from loraworks.lora import Strength
+from loraworks.generation.windows import has_window, never_active
+from loraworks.lora import Strength, component_weights, with_components
 from loraworks.models import ModelRecord
 from loraworks.models.config import Config
 
@@ -43,8 +43,13 @@ class Resolved:
 
 
 def _weight(entry: StackEntry, fewstep: FewStep, config: Config) -> Strength:
-    if entry.weight is not None:
-        return entry.weight
+    """The entry's weight; its open components (`<lora:x:lbw=OUTD>`) and a missing weight
+    get the preset's or the record's default."""
+    default = _default_weight(entry, fewstep, config)
+    return default if entry.weight is None else with_components(entry.weight, default)
+
+
+def _default_weight(entry: StackEntry, fewstep: FewStep, config: Config) -> Strength:
     preset = preset_weight(entry.record, fewstep)
     if preset is not None:
         return preset
@@ -95,6 +100,7 @@ def resolve(
     warnings += fights
     warnings += _unguided_negative_warning(settings)
     warnings += _extreme_warnings(settings, loras)
+    warnings += _closed_windows(settings, loras)
     return Resolved(settings, loras, fewstep.family, warnings)
 
 
@@ -102,9 +108,7 @@ def _extreme_warnings(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
     """Weights and emphasis so large that the image will not be worth its time (#16)."""
     out = []
     for entry in loras:
-        weight = entry.weight
-        values = weight.values() if isinstance(weight, Mapping) else [weight or 0.0]
-        peak = max(abs(v) for v in values)
+        peak = max(abs(v) for v in component_weights(entry.weight or 0.0, "").values())
         if peak > EXTREME_WEIGHT:
             out.append(
                 f"LoRA '{entry.record.name}' weight {peak:g} is far outside the usual range "
@@ -119,6 +123,19 @@ def _extreme_warnings(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
                     f"beyond ×{EXTREME_EMPHASIS:g} images break down"
                 )
     return out
+
+
+def _closed_windows(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
+    """A step window (`start=`/`stop=`) that never opens in this request's steps."""
+    total = min(int(s.steps * s.strength), s.steps) if s.init_image is not None else s.steps
+    return [
+        f"LoRA '{entry.record.name}' is active in none of the {total} steps (start/stop "
+        "window); the image is made without it"
+        for entry in loras
+        if entry.weight is not None
+        and has_window(entry.weight)
+        and never_active(entry.weight, total)
+    ]
 
 
 def _unguided_negative_warning(s: RenderSettings) -> list[str]:

@@ -75,6 +75,12 @@ def stack_at(stack: Sequence[tuple[Any, Strength]], step: int, total: int) -> li
     return out
 
 
+def first_stack(stack: Sequence[tuple[Any, Strength]]) -> list:
+    """The stack for step 1, whatever the number of steps (step 1 lies at 0.0): what the
+    prompt is encoded with."""
+    return stack_at(stack, 1, 1)
+
+
 class StepWindows:
     """Changes `patcher`'s stack after each step to the next step's (`after_step` is the
     denoise loop's step hook)."""
@@ -82,13 +88,8 @@ class StepWindows:
     def __init__(self, patcher: Any, stack: Sequence[tuple[Any, Strength]]):
         self.patcher, self.stack = patcher, list(stack)
 
-    @property
-    def first(self) -> list:
-        """The stack for step 1, whatever the number of steps (step 1 lies at 0.0)."""
-        return stack_at(self.stack, 1, 1)
-
     def after_step(self, index: int, total: int) -> None:
         """After step `index` (from 0) of `total`: the next step's stack, or step 1's after
         the last step."""
         step = index + 2 if index + 1 < total else 1
-        self.patcher.set(stack_at(self.stack, step, total) if step > 1 else self.first)
+        self.patcher.set(stack_at(self.stack, step, total) if step > 1 else first_stack(self.stack))

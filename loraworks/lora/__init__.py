@@ -28,7 +28,13 @@ from .model import LoRA
 from .patcher import LoRAPatcher, PatchReport
 from .probe import probe_base
 from .staging import free_bytes, same_device
-from .strength import Strength, normalise_strength, with_components, with_user_presets
+from .strength import (
+    Strength,
+    component_weights,
+    normalise_strength,
+    with_components,
+    with_user_presets,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -49,6 +55,7 @@ __all__ = [
     "WeightFile",
     "WeightFileError",
     "apply_loras",
+    "component_weights",
     "free_bytes",
     "load_lora",
     "model_base",

@@ -9,7 +9,7 @@ import pytest
 
 from loraworks.generation import LoRASpec, PromptSyntaxError
 from loraworks.generation.prompt import format_lora_tag, parse_lora_option, parse_prompt
-from loraworks.generation.windows import StepWindows, is_active, stack_at
+from loraworks.generation.windows import StepWindows, first_stack, is_active, stack_at
 
 ALL3 = ("unet", "text_encoder", "text_encoder_2")
 OUTD = "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
@@ -127,7 +127,7 @@ class _Patcher:
 def test_after_each_step_the_next_steps_stack_and_step_ones_after_the_last():
     patcher = _Patcher()
     windows = StepWindows(patcher, [("L", every(1.0, start=2, stop=3)), ("P", 0.5)])
-    assert windows.first == [("P", 0.5)]
+    assert first_stack(windows.stack) == [("P", 0.5)]
     for i in range(3):
         windows.after_step(i, 3)
     unet_only = {"unet": 1.0, "text_encoder": 0.0, "text_encoder_2": 0.0}

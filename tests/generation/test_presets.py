@@ -101,7 +101,8 @@ def test_request_validation_messages(fields, message):
         (True, "ink: weight must be a number or a dict, not True"),
         (
             {"unet": 1, "clip": 1},
-            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2)",
+            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2; "
+            "options: block_weights, start, stop)",
         ),
         (
             {"text_encoder": math.nan},

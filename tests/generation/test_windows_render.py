@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loraworks.generation.render import RenderSettings, render
-from loraworks.generation.windows import StepWindows
+from loraworks.generation.windows import StepWindows, first_stack
 from loraworks.lora import LoRAPatcher, load_lora
 from tests.generation.conftest import SIZE, pipeline_weights
 from tests.generation.loras import write_lora
@@ -27,7 +27,7 @@ EVERY = ("unet", "text_encoder", "text_encoder_2")
 
 def _ours(pipe, patcher, stack) -> list[torch.Tensor]:
     windows = StepWindows(patcher, stack)
-    patcher.set(windows.first)
+    patcher.set(first_stack(stack))
     steps: list[torch.Tensor] = []
 
     def on_step(i, n, latents):

@@ -126,7 +126,8 @@ def _refused(client, body=None, content=None, headers=None):
         ("true", "ink: weight must be a number or a dict, not True"),
         (
             '{"unet": 1, "clip": 1}',
-            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2)",
+            "ink: unknown component 'clip' in weight (use unet, text_encoder, text_encoder_2; "
+            "options: block_weights, start, stop)",
         ),
         ('{"unet": NaN}', "ink: weight for 'unet' must be a finite number, not nan"),
     ],
