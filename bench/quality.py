@@ -22,7 +22,14 @@ import torch
 
 from loraworks.demo.judge import judge
 from loraworks.demo.run import (
+    ALONE_4,
+    ALONE_FEW,
+    BASE_25,
+    LCM_4,
+    LCM_FEW,
     LCM_NAME,
+    STACK_4,
+    STAR_25,
     STAR_NAME,
     Row,
     RowResult,
@@ -95,18 +102,23 @@ def main() -> None:
         print("| row | images | all right | shape+colour | colour | shape | background | s/image |")
         print("|---|---|---|---|---|---|---|---|")
         demo_rows = rows()
-        extra = Row("LCM scheduler alone (no LoRA), 4 steps, CFG 1", 4, 1.0, "lcm")
-        results = [measure(mm, row, seeds) for row in [*demo_rows, extra]]
+        results = [measure(mm, row, seeds) for row in demo_rows]
         report["rows"] = [
             {"row": asdict(r.row), "score": asdict(r.score), "seconds": r.seconds} for r in results
         ]
-        gained, lost, z = paired(results[-1], results[2], seeds)
-        report["lcm_lora_vs_scheduler_alone"] = {"gained": gained, "lost": lost, "z": z}
-        print(
-            f"\nLCM-LoRA vs the LCM scheduler alone, same {results[2].score.n} pictures: right "
-            f"where alone is wrong {gained}, the reverse {lost} (McNemar z = {z:.2f})"
+        report["lcm_lora_vs_scheduler_alone"] = {}
+        for alone, lora in ((ALONE_4, LCM_4), (ALONE_FEW, LCM_FEW)):
+            gained, lost, z = paired(results[alone], results[lora], seeds)
+            steps = demo_rows[lora].steps
+            report["lcm_lora_vs_scheduler_alone"][steps] = {"gained": gained, "lost": lost, "z": z}
+            print(
+                f"\nLCM-LoRA vs the LCM scheduler alone at {steps} steps, same "
+                f"{results[lora].score.n} pictures: right where alone is wrong {gained}, the "
+                f"reverse {lost} (McNemar z = {z:.2f})"
+            )
+        base_s, lcm_s, ratio = speed_ratio(
+            mm, demo_rows[BASE_25], demo_rows[LCM_4], args.speed_rounds
         )
-        base_s, lcm_s, ratio = speed_ratio(mm, demo_rows[0], demo_rows[2], args.speed_rounds)
         report["lcm_speedup"] = {"base_s": base_s, "lcm_s": lcm_s, "ratio": ratio}
         print(
             f"\nLCM-LoRA 4 steps CFG 1 vs base 25 steps CFG 5, end to end (median of "
@@ -120,8 +132,8 @@ def main() -> None:
             for w in LCM_WEIGHTS:
                 r = run_row(
                     mm,
-                    replace(demo_rows[2], loras=((LCM_NAME, w),)),
-                    row_labels(demo_rows[2]),
+                    replace(demo_rows[LCM_4], loras=((LCM_NAME, w),)),
+                    row_labels(demo_rows[LCM_4]),
                     sweep_seeds,
                 )
                 sweeps["lcm"].append({"weight": w, "score": asdict(r.score)})
@@ -134,8 +146,8 @@ def main() -> None:
             for w in STAR_WEIGHTS:
                 r = run_row(
                     mm,
-                    replace(demo_rows[3], loras=((STAR_NAME, w),)),
-                    row_labels(demo_rows[3]),
+                    replace(demo_rows[STAR_25], loras=((STAR_NAME, w),)),
+                    row_labels(demo_rows[STAR_25]),
                     sweep_seeds,
                 )
                 sweeps["star"].append({"weight": w, "score": asdict(r.score)})
@@ -148,8 +160,8 @@ def main() -> None:
             for lcm_w, star_w in STACK_WEIGHTS:
                 r = run_row(
                     mm,
-                    replace(demo_rows[4], loras=((LCM_NAME, lcm_w), (STAR_NAME, star_w))),
-                    row_labels(demo_rows[4]),
+                    replace(demo_rows[STACK_4], loras=((LCM_NAME, lcm_w), (STAR_NAME, star_w))),
+                    row_labels(demo_rows[STACK_4]),
                     sweep_seeds,
                 )
                 sweeps["stack"].append({"weights": [lcm_w, star_w], "score": asdict(r.score)})

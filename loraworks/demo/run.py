@@ -28,6 +28,10 @@ alone and stacked with demo-star at 1.0 (docs/benchmarks.md)."""
 STAR_WEIGHT = 1.0
 """Concept-LoRA weight of the demo rows, alone and stacked on the LCM-LoRA: the sweep (0…1.2)
 draws 95% stars at 1.0 and none at or below 0.45, the seed's weight for stacked LoRAs."""
+FEW_STEPS = 2
+"""Where the LCM-LoRA earns its place: at 4 steps the LCM scheduler alone nearly matches it on
+this data, at 2 it falls behind by more than 10 points (bench/fewstep_sampling.py,
+docs/benchmarks.md); the grid shows both beside the scheduler-alone rows."""
 
 
 @dataclass(frozen=True)
@@ -40,18 +44,28 @@ class Row:
     scheduler: str
     loras: tuple[tuple[str, float], ...] = ()
     stars: bool = False
+    spacing: str | None = None
+    eta: float | None = None
 
 
 def rows(lcm_weight: float = LCM_WEIGHT, star_weight: float = STAR_WEIGHT) -> list[Row]:
     lcm = (LCM_NAME, lcm_weight)
     star = (STAR_NAME, star_weight)
+    few = FEW_STEPS
     return [
         Row("base, 25 steps, CFG 5", 25, 5.0, "euler"),
         Row("base, 4 steps, CFG 5", 4, 5.0, "euler"),
+        Row("LCM scheduler alone (no LoRA), 4 steps, CFG 1", 4, 1.0, "lcm"),
         Row("LCM-LoRA, 4 steps, CFG 1", 4, 1.0, "lcm", (lcm,)),
+        Row(f"LCM scheduler alone (no LoRA), {few} steps, CFG 1", few, 1.0, "lcm"),
+        Row(f"LCM-LoRA, {few} steps, CFG 1", few, 1.0, "lcm", (lcm,)),
         Row("base + demo-star, 25 steps, CFG 5", 25, 5.0, "euler", (star,), stars=True),
         Row("LCM-LoRA + demo-star, 4 steps, CFG 1", 4, 1.0, "lcm", (lcm, star), stars=True),
     ]
+
+
+# rows() by what bench/quality.py compares
+BASE_25, ALONE_4, LCM_4, ALONE_FEW, LCM_FEW, STAR_25, STACK_4 = 0, 2, 3, 4, 5, 6, 7
 
 
 @dataclass
@@ -94,6 +108,8 @@ def run_row(
             steps=row.steps,
             cfg=row.cfg,
             scheduler=row.scheduler,
+            spacing=row.spacing,
+            eta=row.eta,
             seed=seeds[0],
             batch_size=len(seeds),
             loras=[LoRASpec(name=n, weight=w) for n, w in row.loras],
