@@ -219,7 +219,8 @@ def _a1111_prompt(text: str, out: ForeignSettings, lora_hashes: dict[str, str]) 
             continue
         alias = spec.name.replace(":", "").replace(",", "")
         found = (lora_hashes[alias],) if alias in lora_hashes else ()
-        out.loras.append(ForeignLoRA(ForeignRef(spec.name, found), spec.weight or 1.0))
+        weight = 1.0 if spec.weight is None else spec.weight  # A1111: a bare tag is 1
+        out.loras.append(ForeignLoRA(ForeignRef(spec.name, found), weight))
     kept.append(text[pos:])
     return re.sub(r"\s*,(\s*,)+", ",", " ".join("".join(kept).split())).strip(" ,")
 

@@ -328,3 +328,10 @@ def test_cli_recall_of_an_a1111_png_gives_the_hand_typed_pixels(mm, tmp_path):
     assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(typed.images[0])))
     dry = CliRunner().invoke(app, ["recall", str(png), "--dry-run", "--root", str(mm.root)])
     assert dry.exit_code == 0 and '"scheduler": "euler"' in dry.output
+
+
+@pytest.mark.parametrize("tag, weight", [("<lora:star:0>", 0.0), ("<lora:star>", 1.0)])
+def test_a1111_tag_weights_zero_and_bare(root, tmp_path, tag, weight):
+    text = f"a cat {tag}\nSteps: 20, Sampler: Euler, Seed: 5, Size: 512x512, Model: tiny-ckpt"
+    recalled = recall_settings(_png(tmp_path / "w.png", {"parameters": text}), root)
+    assert recalled.settings["loras"] == [{"name": root.get("star").key, "weight": weight}]
