@@ -37,8 +37,9 @@ def _ours(pipe, s: RenderSettings) -> list[torch.Tensor]:
     return steps
 
 
-def _diffusers(pipe, s: RenderSettings, **extra) -> list[torch.Tensor]:
-    """Latents after each step from diffusers' own pipeline with the same scheduler."""
+def _diffusers(pipe, s: RenderSettings, scheduler=None, **extra) -> list[torch.Tensor]:
+    """Latents after each step from diffusers' own pipeline with the same scheduler (or with
+    `scheduler`, built by the caller)."""
     steps: list[torch.Tensor] = []
 
     def grab(_pipe, _i, _t, kwargs):
@@ -46,7 +47,7 @@ def _diffusers(pipe, s: RenderSettings, **extra) -> list[torch.Tensor]:
         return kwargs
 
     original = pipe.scheduler
-    pipe.scheduler = build_scheduler(s.scheduler, original.config)
+    pipe.scheduler = scheduler or build_scheduler(s.scheduler, original.config)
     try:
         pipe(
             s.prompt,

@@ -48,20 +48,18 @@ def root(pipes, tmp_path_factory):
     mm.close()
 
 
+def _request(**fields) -> GenerateRequest:
+    return GenerateRequest(
+        model="tiny-sd1", prompt="a red circle", width=SIZE, height=SIZE, seed=1, **fields
+    )
+
+
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_a_published_name_gets_its_family_and_the_recipe_its_preset(root, name):
     family, scheduler, spacing, eta, steps, cfg, weight = PUBLISHED[name]
     record = root.get(name, type="lora")
     assert record.fewstep == family
-    request = GenerateRequest(
-        model="tiny-sd1",
-        prompt="a red circle",
-        width=SIZE,
-        height=SIZE,
-        seed=1,
-        loras=[{"name": name}, {"name": "ink"}],
-    )
-    result = generate(request, manager=root)
+    result = generate(_request(loras=[{"name": name}, {"name": "ink"}]), manager=root)
     r = result.recipe
     assert (r["scheduler"], r["spacing"], r["eta"], r["steps"], r["cfg"]) == (
         scheduler,
@@ -75,15 +73,7 @@ def test_a_published_name_gets_its_family_and_the_recipe_its_preset(root, name):
 
 
 def test_a_step_count_against_the_files_name_warns(root):
-    request = GenerateRequest(
-        model="tiny-sd1",
-        prompt="a red circle",
-        width=SIZE,
-        height=SIZE,
-        seed=1,
-        steps=8,
-        loras=[{"name": "sdxl_lightning_4step_lora"}],
-    )
+    request = _request(steps=8, loras=[{"name": "sdxl_lightning_4step_lora"}])
     result = generate(request, manager=root)
     assert result.recipe["steps"] == 8
     assert len(result.warnings) == 1

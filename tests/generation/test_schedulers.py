@@ -15,7 +15,7 @@ from diffusers import (
 )
 
 from loraworks.generation.schedulers import SCHEDULERS, SPACINGS, build_scheduler
-from tests.generation.test_denoise import _assert_same_steps, _ours, _settings
+from tests.generation.test_denoise import _assert_same_steps, _diffusers, _ours, _settings
 
 # Each spaced scheduler as diffusers users build it, written out here (not read from ours).
 REFERENCE = {
@@ -33,39 +33,12 @@ REFERENCE = {
 }
 
 
-def _reference_steps(pipe, scheduler, s, **extra) -> list[torch.Tensor]:
-    """Latents after each step from diffusers' pipeline with `scheduler` swapped in."""
-    steps: list[torch.Tensor] = []
-
-    def grab(_pipe, _i, _t, kwargs):
-        steps.append(kwargs["latents"].clone())
-        return kwargs
-
-    original = pipe.scheduler
-    pipe.scheduler = scheduler
-    try:
-        pipe(
-            s.prompt,
-            num_inference_steps=s.steps,
-            guidance_scale=s.cfg,
-            height=s.height,
-            width=s.width,
-            generator=torch.Generator().manual_seed(s.seed),
-            callback_on_step_end=grab,
-            output_type="latent",
-            **extra,
-        )
-    finally:
-        pipe.scheduler = original
-    return steps
-
-
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("base", ["sd1", "sdxl"])
 def test_tcd_matches_diffusers_tcd_scheduler_step_for_step(pipes, base, eta):
     pipe = pipes[base]
     s = _settings(scheduler="tcd", steps=4, cfg=1.0, eta=eta)
-    ref = _reference_steps(pipe, TCDScheduler.from_config(pipe.scheduler.config), s, eta=eta)
+    ref = _diffusers(pipe, s, TCDScheduler.from_config(pipe.scheduler.config), eta=eta)
     _assert_same_steps(_ours(pipe, s), ref)
 
 
@@ -104,7 +77,7 @@ def test_trailing_euler_renders_like_diffusers(pipes):
     ref_scheduler = EulerDiscreteScheduler.from_config(
         pipe.scheduler.config, timestep_spacing="trailing"
     )
-    _assert_same_steps(_ours(pipe, s), _reference_steps(pipe, ref_scheduler, s))
+    _assert_same_steps(_ours(pipe, s), _diffusers(pipe, s, ref_scheduler))
 
 
 @pytest.mark.parametrize("name", [n for n, spec in SCHEDULERS.items() if not spec.spaced])
