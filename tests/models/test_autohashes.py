@@ -133,3 +133,11 @@ def test_records_from_before_the_hashes_get_them_on_the_next_open(root, tmp_path
     with sqlite3.connect(database) as db:
         rows = dict(db.execute("SELECT key, hashes FROM models").fetchall())
     assert json.loads(rows[lora.key]) == lora.hashes and rows[gone.key] is None
+
+
+def test_models_show_lists_the_hashes(root, tmp_path, cli):
+    path = write(tmp_path / "shown.safetensors", kohya_sd1_tensors(seed=4))
+    cli("install", str(path))
+    autov3 = _sha(_after_header(path.read_bytes()))[:12]
+    assert f"AutoV3 {autov3}" in cli("show", "shown").output
+    assert cli.json("show", "shown")["hashes"]["AutoV3"] == autov3
