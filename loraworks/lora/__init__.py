@@ -11,6 +11,7 @@ See docs/formats.md for the formats and the maths of every layer kind.
 
 from .apply import apply_loras
 from .backups import STRATEGIES, OriginalWeights, StrategyName
+from .blocks import PRESETS as LBW_PRESETS
 from .components import model_base
 from .errors import (
     LoRABaseMismatch,
@@ -37,6 +38,7 @@ from .strength import (
 )
 
 __all__ = [
+    "LBW_PRESETS",
     "STRATEGIES",
     "Header",
     "LoRA",

@@ -1,5 +1,5 @@
 """Defaults the UI needs: generation defaults, the few-step presets, the scheduler and spacing
-names and where models run."""
+names, where models run and the block-weight presets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from loraworks.generation.cache import compute_summary
 from loraworks.generation.schedulers import SPACINGS, SchedulerName
+from loraworks.lora import LBW_PRESETS
 from loraworks.models.config import FewStepPreset, GenerationDefaults
 from loraworks.models.fewstep import PresetName
 from loraworks.server.state import ServerState, server_state
@@ -24,6 +25,7 @@ class SettingsOut(BaseModel):
     schedulers: list[str]
     spacings: list[str]
     compute: str  # e.g. "cuda:0 (NVIDIA H100 80GB HBM3), float16" or "cpu, float32"
+    lbw_presets: list[str]  # block-weight presets: the extension's, then config's [lbw_presets]
 
 
 @router.get("/settings")
@@ -39,4 +41,5 @@ def get_settings(state: State) -> SettingsOut:
         schedulers=list(get_args(SchedulerName)),
         spacings=list(SPACINGS),
         compute=compute,
+        lbw_presets=[*LBW_PRESETS, *config.lbw_presets],
     )

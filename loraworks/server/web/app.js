@@ -293,6 +293,13 @@ function renderStack() {
       entry.weight = Number(number.value);
       slider.value = Math.max(-2, Math.min(2, entry.weight));
     });
+    // block weights (docs/lora-control.md): the LoRA Block Weight extension's presets and the user's
+    const lbw = el("select", { "aria-label": `${entry.name} block weights`, "data-testid": "lbw-preset",
+                               title: "block weights: a LoRA Block Weight preset (lbw=)" },
+      el("option", { value: "" }, "all blocks"),
+      ...(state.settings.lbw_presets || []).map((name) => el("option", { value: name }, `lbw ${name}`)));
+    lbw.value = entry.lbw || "";
+    lbw.addEventListener("change", () => { entry.lbw = lbw.value || null; });
     return el("div", { class: "stack-row", "data-testid": "stack-row", dataset: { key: entry.key, name: entry.name } },
       el("span", { class: "name", title: entry.name }, entry.name,
          fewstepBadge(entry, true),
@@ -300,7 +307,7 @@ function renderStack() {
            ? el("span", { class: "muted auto", "data-testid": "weight-auto",
                           title: "from the preset or the default until you move the slider" }, "auto")
            : null),
-      slider, number,
+      slider, number, lbw,
       el("button", { type: "button", title: "remove", "data-testid": "remove-lora",
                      onclick: () => removeLora(entry.key) }, "✕"));
   });
@@ -349,12 +356,30 @@ function numberField(id) {
   return value === "" ? undefined : Number(value);
 }
 
+// A stack entry as the request's LoRA: a block preset makes its weight a mapping (without a
+// number of its own, the preset's or the record's default weight fills it in).
+function loraRequest(s) {
+  if (!s.lbw) return s.weight === null ? { name: s.key } : { name: s.key, weight: s.weight };
+  const every = s.weight === null ? {} : { unet: s.weight, text_encoder: s.weight, text_encoder_2: s.weight };
+  return { name: s.key, weight: { ...every, block_weights: s.lbw } };
+}
+
+// A recipe's weight as the stack can hold it: a number, or one number for every component with a
+// block preset ({weight, lbw}); null for anything else (per-component weights, windows, vectors).
+function stackWeight(weight) {
+  if (typeof weight === "number") return { weight, lbw: null };
+  if (!weight || typeof weight.block_weights !== "string" || "start" in weight || "stop" in weight) return null;
+  const parts = ["unet", "text_encoder", "text_encoder_2"].map((c) => weight[c]);
+  if (parts.every((w) => w === undefined)) return { weight: null, lbw: weight.block_weights };
+  return parts.every((w) => w === parts[0]) ? { weight: parts[0], lbw: weight.block_weights } : null;
+}
+
 function buildRequest() {
   const request = {
     model: $("#model").value,
     prompt: $("#prompt").value,
     batch_size: numberField("#batch") ?? 1,
-    loras: state.stack.map((s) => (s.weight === null ? { name: s.key } : { name: s.key, weight: s.weight })),
+    loras: state.stack.map(loraRequest),
     append_trigger_words: $("#append-triggers").checked,
   };
   const optional = {
@@ -506,8 +531,9 @@ function fillForm(settings, model, loras) {
   state.stack = [];
   for (const used of loras) {
     const lora = state.loras.find((l) => l.key === used.key) || state.loras.find((l) => l.name === used.name);
-    if (!lora || typeof used.weight !== "number") { missing.push(lora?.name || used.name); continue; }
-    state.stack.push({ key: lora.key, name: lora.name, weight: used.weight, fewstep: lora.fewstep,
+    const held = stackWeight(used.weight);
+    if (!lora || !held) { missing.push(lora?.name || used.name); continue; }
+    state.stack.push({ key: lora.key, name: lora.name, weight: held.weight, lbw: held.lbw, fewstep: lora.fewstep,
                        fewstep_steps: lora.fewstep_steps });
   }
   renderStack();
