@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import loraworks
-from loraworks.generation import generate
+from loraworks.generation import LoRASpec, generate
 from loraworks.generation.cache import cache_for
 from loraworks.generation.infotext import (
     A1111_SAMPLERS,
@@ -24,6 +24,7 @@ from loraworks.generation.infotext import (
     parse_infotext,
     scheduler_from_a1111,
 )
+from loraworks.generation.recalled import settings_from_chunks
 from loraworks.generation.recipe import Recipe
 from loraworks.generation.schedulers import SCHEDULERS
 from tests.embeddings.producers import write_kohya
@@ -68,7 +69,7 @@ def test_every_png_reads_back_to_every_field(mm, tmp_path):
         scheduler="dpmpp_2m_karras",
         loras=[
             {"name": "sd1-a", "weight": 0.8},
-            {"name": "sd1-b", "weight": {"unet": 0.5, "text_encoder": 1.0}},
+            {"name": "sd1-b", "weight": {"unet": 0.5, "text_encoder": 1.0, "text_encoder_2": 1.0}},
         ],
     )
     result = generate(request, manager=mm)
@@ -101,6 +102,19 @@ def test_every_png_reads_back_to_every_field(mm, tmp_path):
     # our own reader agrees with the independent one
     ours = parse_infotext(text)
     assert (ours.prompt, ours.negative_prompt, ours.params) == (prompt, negative, params)
+    # and recall, reading only the infotext (as another tool's PNG), asks for the same image
+    recalled = settings_from_chunks({"parameters": text}, "infotext only", mm)
+    assert recalled.unmapped == []
+    keys = {name: mm.get(name, type="lora").key for name in ("sd1-a", "sd1-b")}
+    assert recalled.request() == request.model_copy(
+        update={
+            "model": mm.get("tiny-sd1", type="main").key,
+            "loras": [
+                LoRASpec(name=keys["sd1-a"], weight=0.8),
+                LoRASpec(name=keys["sd1-b"], weight=request.loras[1].weight),
+            ],
+        }
+    )
 
 
 def _recipe(**changes) -> Recipe:
