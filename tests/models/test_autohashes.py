@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 import safetensors.torch
 import torch
+from safetensors.torch import save_file
 
 from loraworks.models import ModelManager
 from loraworks.models.hashing import digest_file
@@ -18,6 +19,7 @@ from tests.embeddings.producers import write_a1111
 from tests.fixtures.a1111_hashes import after_header as _after_header
 from tests.fixtures.a1111_hashes import sha256 as _sha
 from tests.fixtures.checkpoints import published_layout, write_checkpoint
+from tests.fixtures.models import build_vae
 from tests.models.lora_files import kohya_metadata, kohya_sd1_tensors, write, write_lcm_folder
 
 
@@ -98,6 +100,14 @@ def test_checkpoint_vae_embedding_and_folders(mm, tmp_path):
     assert main.hashes == {
         "SHA256": _sha(ckpt.read_bytes()),
         "AutoV2": _sha(ckpt.read_bytes())[:10],
+    }
+    vae_file = tmp_path / "vae-ft.safetensors"
+    save_file({k: v.contiguous() for k, v in build_vae().state_dict().items()}, str(vae_file))
+    vae = mm.install(vae_file)
+    assert vae.type == "vae"
+    assert vae.hashes == {
+        "SHA256": _sha(vae_file.read_bytes()),
+        "AutoV2": _sha(vae_file.read_bytes())[:10],
     }
     emb = write_a1111(tmp_path / "zq.pt", torch.randn(2, 768))
     assert mm.install(emb).hashes["SHA256"] == _sha(emb.read_bytes())
