@@ -29,7 +29,7 @@ from loraworks.generation.infotext import (
 from loraworks.generation.prompt import parse_prompt
 from loraworks.generation.request import MAX_SEED
 from loraworks.generation.schedulers import SCHEDULERS
-from loraworks.lora import Strength
+from loraworks.lora import Strength, with_components
 
 A1111_CHUNK = "parameters"
 INVOKEAI_CHUNK = "invokeai_metadata"
@@ -219,7 +219,8 @@ def _a1111_prompt(text: str, out: ForeignSettings, lora_hashes: dict[str, str]) 
             continue
         alias = spec.name.replace(":", "").replace(",", "")
         found = (lora_hashes[alias],) if alias in lora_hashes else ()
-        weight = 1.0 if spec.weight is None else spec.weight  # A1111: a bare tag is 1
+        # A1111: a bare tag is 1, also one with only options (<lora:x:lbw=OUTD>)
+        weight = 1.0 if spec.weight is None else with_components(spec.weight, 1.0)
         out.loras.append(ForeignLoRA(ForeignRef(spec.name, found), weight))
     kept.append(text[pos:])
     return re.sub(r"\s*,(\s*,)+", ",", " ".join("".join(kept).split())).strip(" ,")

@@ -132,3 +132,19 @@ def test_after_each_step_the_next_steps_stack_and_step_ones_after_the_last():
         windows.after_step(i, 3)
     unet_only = {"unet": 1.0, "text_encoder": 0.0, "text_encoder_2": 0.0}
     assert patcher.stacks == [[("L", unet_only), ("P", 0.5)], [("P", 0.5)], [("P", 0.5)]]
+
+
+def test_a1111_infotext_tags_keep_their_options():
+    """A PNG from A1111 with the extension's tags: the options are kept, and a tag with
+    options and no number is A1111's weight 1."""
+    from loraworks.generation.foreign import read_a1111
+
+    text = (
+        "a cat <lora:ink:0.8:lbw=OUTD:stop=10> <lora:pop:lbw=INS>\n"
+        "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512"
+    )
+    got = {lora.ref.name: lora.weight for lora in read_a1111(text).loras}
+    assert got == {
+        "ink": every(0.8, block_weights="OUTD", stop=10),
+        "pop": every(1.0, block_weights="INS"),
+    }
