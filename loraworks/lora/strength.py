@@ -168,8 +168,8 @@ def with_user_presets(
     blocks = options_of(weight).get("block_weights")
     if blocks is None or (isinstance(blocks, str) and blocks in PRESETS):
         return weight
-    if isinstance(blocks, str):
-        blocks = resolve_preset(blocks, label, presets)
+    if isinstance(blocks, str):  # a user's preset: checked like a vector typed in
+        blocks = _block_weights(resolve_preset(blocks, label, presets), label)
         weight = WeightMapping(**{**weight, "block_weights": blocks})  # type: ignore[typeddict-item]
     check_for_base(blocks, base, label)
     return weight

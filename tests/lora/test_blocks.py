@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from loraworks.lora import LoRAError, apply_loras, load_lora
+from loraworks.lora import LoRAError, apply_loras, load_lora, with_user_presets
 from loraworks.lora.blocks import FORMS, PRESETS, SLOTS, slot_of
 from tests.fixtures.models import build_components
 from tests.lora.util import TE_ATTN, kohya_lora, kohya_name, snapshot, targets
@@ -211,3 +211,22 @@ def test_bad_options_are_refused_before_any_weight_changes(weight, message):
     ):
         pass
     assert_same(snapshot(comps), before)
+
+
+def test_a_user_preset_becomes_its_vector_and_is_checked_like_one():
+    face = [1.0] + [0.0] * 7 + [1.0] * 3 + [0.0] * 6
+    user = {"FACE": face, "BAD": [float("nan")] * 17, "XL": [1.0] * 12}
+    assert with_user_presets({"block_weights": "FACE"}, "sd1", user, "ink") == {
+        "block_weights": face
+    }
+    assert with_user_presets({"block_weights": "OUTD"}, "sd1", user, "ink") == {
+        "block_weights": "OUTD"  # a default keeps its name: it means the same everywhere
+    }
+    assert with_user_presets(0.8, "sd1", user, "ink") == 0.8
+    for name, message in [
+        ("BAD", "ink: lbw value nan is not a finite number"),
+        ("XL", "ink: lbw has 12 values, which fits neither a sd1 LoRA (17)"),
+        ("FAC", "ink: unknown lbw preset 'FAC' (known: NONE, ALL"),
+    ]:
+        with pytest.raises(LoRAError, match=re.escape(message)):
+            with_user_presets({"block_weights": name}, "sd1", user, "ink")
