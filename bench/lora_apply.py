@@ -27,6 +27,14 @@ Medians over ``--repeats``; extra memory while patched, from the LoRA loaded to 
     .venv/bin/python bench/lora_apply.py --device cpu --size full --repeats 5 \
         --threads 1 --invokeai-path /work/invokeai-pkg /work/invokeai-stubs --write-docs
 
+``--strategies`` compares the patch strategies instead (`loraworks.lora.backups`): *swap*, in
+place with *host* copies, in place re-reading the *file*, on a model loaded by loraworks from a
+published-layout single file (``--model sd1|sdxl``, ``--dtype``): apply and restore times and
+the anonymous memory (RssAnon, sampled every ms) the patch adds at its peak, holds while patched
+and adds while restoring::
+
+    .venv/bin/python bench/lora_apply.py --strategies --model sdxl --dtype fp32 --repeats 3
+
 ``--invokeai-path`` folders go on ``sys.path`` only when InvokeAI is imported, after the pipeline
 is built, so stub modules there (empty torchvision/cv2/onnx/onnxruntime that InvokeAI imports but
 never calls on this path) cannot change what transformers and diffusers decided was installed.
@@ -41,6 +49,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -330,9 +339,19 @@ def main() -> None:
         help="folders to import InvokeAI from (its package; stubs for its import-time-only deps)",
     )
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    ap.add_argument(
+        "--strategies",
+        action="store_true",
+        help="compare the patch strategies (swap, host copies, file) instead, on a full model "
+        "loaded from a published-layout file (CPU)",
+    )
+    ap.add_argument("--model", choices=["sd1", "sdxl"], default="sd1", help="with --strategies")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.strategies:
+        strategies_main(args)
+        return
     dtype_name = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
 
@@ -510,6 +529,160 @@ and unwrapping.
 
 Times are wall seconds (medians); the CPU-seconds columns (this process, all threads) are the
 fairer comparison when other jobs share the machine."""
+
+
+# --- patching strategies (`--strategies`) ---------------------------------------------------
+
+
+def anon_bytes() -> int:
+    """This process's anonymous resident memory (RssAnon): a mapped file's pages, which the
+    kernel can drop, are not in it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+class PeakAnon:
+    """The highest `anon_bytes` while the block runs (sampled every millisecond)."""
+
+    def __enter__(self) -> PeakAnon:
+        self.peak, self._stop = anon_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, anon_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_bytes())
+
+
+#: column -> (strategy asked, whether the loader's originals are passed)
+STRATEGY_RUNS = {"swap": ("swap", False), "host": ("inplace", False), "file": ("inplace", True)}
+
+
+def bench_strategy(pipe, lora, strategy: str, originals, t: Timer) -> dict:
+    """One patch and restore with `strategy`: times, and anonymous memory above the level
+    before the patch (its peak while patching, what it holds while patched, its peak while
+    restoring)."""
+    gc.collect()
+    patcher = LoRAPatcher(pipe, strategy=strategy, originals=originals)
+    m0 = anon_bytes()
+    with PeakAnon() as apply_peak:
+        a = t.now()
+        report = patcher.set([(lora, 1.0)])
+        b = t.now()
+    held = anon_bytes() - m0
+    with PeakAnon() as restore_peak:
+        c = t.now()
+        patcher.restore()
+        d = t.now()
+    return {
+        "plan": report.strategy,
+        "apply": b[0] - a[0],
+        "restore": d[0] - c[0],
+        "peak": apply_peak.peak - m0,
+        "held": held,
+        "restore_peak": restore_peak.peak - m0,
+    }
+
+
+def strategies_main(args) -> None:
+    """Swap vs in place with host copies vs in place re-reading the model file, on a main model
+    loaded by loraworks from a published-layout single file (random values)."""
+    from loraworks.models.loading import pipeline_class
+    from loraworks.models.originals import FileOriginals
+    from loraworks.models.singlefile import load_checkpoint
+    from tests.fixtures.checkpoints import published_layout, write_checkpoint
+    from tests.fixtures.models import Components
+    from tests.lora.util import kohya_lora, targets
+
+    base = args.model
+    dtype_name = args.dtype or "fp32"
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    tmp = Path(tempfile.mkdtemp(prefix="lora_strategies_"))
+    file_dtype = torch.float16 if base == "sdxl" else torch.float32  # as published
+    layout = published_layout(base, args.size)
+    path = write_checkpoint(tmp / f"{base}.safetensors", layout, file_dtype)
+    originals = FileOriginals()
+    sd_only = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = load_checkpoint(
+        pipeline_class(base),
+        path,
+        base,
+        tmp / "cache",
+        dtype=dtype,
+        originals=originals,
+        **({} if base == "sdxl" else sd_only),
+    )
+    c = Components(base, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+    cases = [
+        ("rank 16, attention", {"rank": 16}),
+        ("LoCon r16, every linear and conv", {"rank": 16, "kinds": (nn.Linear, nn.Conv2d)}),
+    ]
+    timer = Timer("cpu")
+    load_before = os.getloadavg()[0]
+    rows = []
+    for desc, kw in cases:
+        if "kinds" in kw:
+            kw = {**kw, "suffixes": None}
+        mods = [m.weight for *_, m in targets(c, **{k: v for k, v in kw.items() if k != "rank"})]
+        lora = load_lora((kohya_lora(c, scale=0.01, **kw), {}), name=desc)
+        row = {
+            "desc": desc,
+            "layers": len(mods),
+            "patched": sum(w.nbytes for w in mods),
+            "largest": max(w.nbytes for w in mods),
+        }
+        for column, (strategy, with_file) in STRATEGY_RUNS.items():
+            runs = [
+                bench_strategy(pipe, lora, strategy, originals if with_file else None, timer)
+                for _ in range(args.repeats)
+            ]
+            assert {r["plan"] for r in runs} == {column}, (column, runs[0]["plan"])
+            for key in ("apply", "restore", "peak", "held", "restore_peak"):
+                row[f"{column}_{key}"] = statistics.median(r[key] for r in runs)
+            print(f"{desc}: {column} " + str({k: row[k] for k in row if k.startswith(column)}))
+        rows.append(row)
+    cmd = "python " + " ".join(["bench/lora_apply.py", *sys.argv[1:]])
+    lines = [
+        f"`{cmd}` — {args.size} {base.upper()} loaded from a published-layout single file "
+        f"({str(file_dtype).removeprefix('torch.')}) in {dtype_name}, cpu "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}; medians of "
+        f"{args.repeats}; load average {load_before:.1f} → {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs. Memory: RssAnon above its level before the patch, sampled "
+        "every ms (MiB).",
+        "",
+        "| LoRA | layers | patched MiB / largest tensor MiB "
+        + "".join(
+            f"| {c}: apply s / restore s / peak MiB / held MiB / restore peak MiB "
+            for c in STRATEGY_RUNS
+        )
+        + "|",
+        "|---|---|---|" + "---|" * len(STRATEGY_RUNS),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['desc']} | {r['layers']} | {fmt_mb(r['patched'])} / {fmt_mb(r['largest'])} "
+            + "".join(
+                f"| {r[f'{c}_apply']:.2f} / {r[f'{c}_restore']:.2f} / {fmt_mb(r[f'{c}_peak'])} / "
+                f"{fmt_mb(r[f'{c}_held'])} / {fmt_mb(r[f'{c}_restore_peak'])} "
+                for c in STRATEGY_RUNS
+            )
+            + "|"
+        )
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.write_docs:
+        args.device, args.size = "cpu", f"strategies {base} {dtype_name}"
+        write_section(table, args)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ from loraworks.lora import (
     LoRAPatcher,
     LoRARestoreError,
     PatchReport,
+    Stack,
     StrategyName,
     free_bytes,
     load_lora,
     same_device,
 )
-from loraworks.lora.patcher import Stack
 from loraworks.models import ModelManager, ModelRecord
 from loraworks.models.config import ComputeSettings, Config
 from loraworks.models.loadevents import LoadProgress

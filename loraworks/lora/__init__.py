@@ -26,7 +26,7 @@ from .errors import (
 from .files import Header, WeightFile, read_header, read_weights
 from .load import load_lora
 from .model import LoRA
-from .patcher import LoRAPatcher, PatchReport
+from .patcher import LoRAPatcher, PatchReport, Stack
 from .probe import probe_base
 from .staging import free_bytes, same_device
 from .strength import (
@@ -52,6 +52,7 @@ __all__ = [
     "LoRAUnmatchedKeys",
     "OriginalWeights",
     "PatchReport",
+    "Stack",
     "StrategyName",
     "Strength",
     "WeightFile",

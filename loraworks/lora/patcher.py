@@ -56,7 +56,7 @@ from .components import ModuleIndex, components_of, model_base
 from .errors import LoRABaseMismatch, LoRABusy, LoRAError, LoRAShapeError, LoRAUnmatchedKeys
 from .layers import Layer
 from .model import LoRA
-from .staging import is_out_of_memory, layers_away, stage
+from .staging import give_back_freed_memory, is_out_of_memory, layers_away, stage
 from .strength import Strength, component_weights, options_of
 
 Stack = Sequence[tuple[LoRA, Strength]]
@@ -116,6 +116,28 @@ class _Entry:
     def key(self) -> tuple:
         ratios = tuple(self.ratios.values()) if self.ratios is not None else None
         return (id(self.lora), tuple(sorted(self.weights.items())), ratios)
+
+
+class Scratch:
+    """One fp32 buffer per device, the size of the largest weight patched there, in which the
+    in-place strategies sum each patched weight before copying it into place. Patching then
+    adds one weight's size (SDXL in fp32: 112 MiB), where a fresh sum per weight costs an
+    allocation each and leaves freed blocks of every size that the allocator may keep."""
+
+    def __init__(self, targets: Sequence[PatchTarget]):
+        self._sizes: dict[torch.device, int] = {}
+        for t in targets:
+            w = t.module.weight
+            self._sizes[w.device] = max(self._sizes.get(w.device, 0), w.numel())
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+
+    def like(self, w: torch.Tensor) -> torch.Tensor:
+        """An fp32 tensor of `w`'s shape on its device (contents undefined)."""
+        buf = self._buffers.get(w.device)
+        if buf is None:
+            size = self._sizes[w.device]
+            buf = self._buffers[w.device] = torch.empty(size, dtype=torch.float32, device=w.device)
+        return buf[: w.numel()].view(w.shape)
 
 
 # A model (each component module) is held by at most one patcher while patched.
@@ -198,6 +220,8 @@ class LoRAPatcher:
                         raise
             finally:
                 self._pool.clear()  # while patched, hold nothing beyond the patched weights
+                if plan != "swap":
+                    give_back_freed_memory()
             self._current, self._key = stack, key
             report.seconds = time.perf_counter() - t0
             self._report = report
@@ -346,6 +370,7 @@ class LoRAPatcher:
 
     @torch.no_grad()
     def _apply(self, targets: list[PatchTarget], report: PatchReport) -> None:
+        scratch = Scratch(targets) if self._backups.plan != "swap" else None
         for t in targets:
             wparam: torch.Tensor = t.module.weight
             bparam = getattr(t.module, "bias", None)
@@ -361,6 +386,8 @@ class LoRAPatcher:
             bacc: torch.Tensor | None = None
             if wbuf is not None and wbuf.dtype == torch.float32:
                 acc = wbuf.copy_(wf)  # accumulate straight into last patch's tensor
+            elif scratch is not None:  # in place: the sum is copied into the weight after
+                acc = scratch.like(wf).copy_(wf)
             for layer, weight in t.items:
                 if layer.linear and not layer.touches_bias:
                     acc = layer.add_weight(acc, wf, weight)
@@ -411,8 +438,11 @@ class LoRAPatcher:
 
     def _restore_locked(self, keep: bool = False) -> None:
         backups, self._backups = self._backups, Backups()
+        in_place = backups.plan != "swap" and bool(backups)
         try:
             backups.restore(self._pool if keep else None)
         finally:
             self._current, self._key, self._report = (), None, None
             self._release()
+            if in_place:
+                give_back_freed_memory()

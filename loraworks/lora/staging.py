@@ -13,6 +13,9 @@ holds ~1000 small tensors, and each pageable host-to-GPU copy is a synchronous d
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -35,6 +38,26 @@ def free_bytes(dev: torch.device) -> int | None:
     if dev.type == "cpu":
         return psutil.virtual_memory().available
     return None
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None (another C library, another system)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """Hand the host memory the allocator keeps from freed blocks back to the system. Patching
+    in place frees sums and file reads of every size; glibc keeps such blocks for reuse (on
+    SD1.5, up to 150 MiB stayed resident after an in-place patch, the in-place strategies'
+    whole extra), so what the patch holds is only what it needs."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def is_out_of_memory(exc: RuntimeError) -> bool:
