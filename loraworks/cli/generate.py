@@ -124,7 +124,11 @@ def generate(
     prompt: str = typer.Argument(..., help="prompt; may hold <lora:name:weight> tags"),
     model: str = typer.Option(..., "--model", "-m", help="main model name or key"),
     lora: list[str] = typer.Option(
-        [], "--lora", "-l", help="name, name:weight or name:te_weight:unet_weight; repeatable"
+        [],
+        "--lora",
+        "-l",
+        help="name, name:weight or name:te_weight:unet_weight, with :lbw=PRESET|v1,v2,… and"
+        " :start=/:stop= (a step number, or a fraction with a decimal point); repeatable",
     ),
     negative: str | None = typer.Option(None, "--negative", help="negative prompt"),
     steps: int | None = typer.Option(None, help="denoising steps (default: config / LCM preset)"),
