@@ -16,63 +16,35 @@ q/v), timed:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lora_switch import arguments, sd15_with_loras, timed, unet_steps
 
 from loraworks.generation.windows import StepWindows, first_stack
-from loraworks.lora import LoRAPatcher, load_lora
-from tests.fixtures.models import build_components
-from tests.generation.loras import write_lora
+from loraworks.lora import LoRAPatcher
 
 EVERY = ("unet", "text_encoder", "text_encoder_2")
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def _edges(patcher: LoRAPatcher, stack: list, total: int, device: torch.device) -> list[float]:
     """Seconds of each `after_step` over a run of `total` steps (index 0..total-1)."""
     windows = StepWindows(patcher, stack)
     patcher.set(first_stack(stack))
-    return [_timed(lambda i=i: windows.after_step(i, total), device) for i in range(total)]
+    return [timed(lambda i=i: windows.after_step(i, total), device) for i in range(total)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--runs", type=int, default=3, help="windowed runs of 8 steps")
-    parser.add_argument("--unet-steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = arguments(__doc__, runs=3)
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-
-    model = build_components("sd1", "full")
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [
-            write_lora(model, Path(tmp) / f"{i}.safetensors", seed=i, rank=16) for i in range(2)
-        ]
-        a, b = (load_lora(f).to(device, dtype) for f in files)
-    model.unet.to(device, dtype)
-    model.text_encoder.to(device, dtype)
+    model, (a, b) = sd15_with_loras(device, 2)
+    dtype = model.unet.dtype
     patcher = LoRAPatcher(model.as_mapping())
 
     # 8 steps; A active in steps 3-5 (start=3:stop=6): edges after steps 2 (enters), 5
@@ -90,15 +62,7 @@ def main() -> None:
     quiet = statistics.median(
         t for run in alone + pair for i, t in enumerate(run) if i in (0, 2, 3, 5, 6, 7)
     )
-    latents = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
-    context = torch.randn(1, 77, 768, device=device, dtype=dtype)
-    with torch.no_grad():
-        model.unet(latents, 500, encoder_hidden_states=context)  # warm-up
-        steps = [
-            _timed(lambda: model.unet(latents, 500, encoder_hidden_states=context), device)
-            for _ in range(args.unet_steps)
-        ]
-    step = statistics.median(steps)
+    step = statistics.median(unet_steps(model, device, args.unet_steps))
     rows = [
         ("hook, nothing changes (no-op set), median", quiet),
         ("one LoRA enters (apply UNet part)", at(alone, 1)),
