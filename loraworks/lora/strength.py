@@ -67,6 +67,7 @@ def _block_weights(value: object, label: str) -> str | list[float]:
         return value.strip()
     if not isinstance(value, Sequence):
         raise LoRAError(f"{label}: lbw must be a preset name or a list of numbers")
+    check_vector(value, label)  # before reading a long list value by value
     out = []
     for v in value:
         if isinstance(v, str):
@@ -77,7 +78,6 @@ def _block_weights(value: object, label: str) -> str | list[float]:
         if not _finite(v):
             raise LoRAError(f"{label}: lbw value {v!r} is not a finite number")
         out.append(float(v))
-    check_vector(out, label)
     return out
 
 
