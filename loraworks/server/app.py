@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from loraworks.generation import LoadEvent, reporting_loads
 from loraworks.generation.request import GenerateRequest
 from loraworks.models import ModelManager
 from loraworks.server.auth import TokenAuth
@@ -69,7 +70,11 @@ def _runner(manager: ModelManager, generate: GenerateFn) -> RunFn:
             preview = preview_data_url(event.preview)
             progress(Progress(step=done, total=total, elapsed=event.elapsed, preview=preview))
 
-        result = generate(request, manager=manager, progress=on_step, cancel=cancel)
+        def on_load(event: LoadEvent) -> None:
+            progress(Progress(event.index + 1, event.total, 0.0, loading=event.component))
+
+        with reporting_loads(on_load):  # a main model loaded for this request: its components
+            result = generate(request, manager=manager, progress=on_step, cancel=cancel)
         return RunOutcome(images=[image_ref(i) for i in result.image_ids], warnings=result.warnings)
 
     return run

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-EventType = Literal["queued", "started", "step", "done", "failed", "cancelled"]
+EventType = Literal["queued", "started", "loading", "step", "done", "failed", "cancelled"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 
@@ -67,8 +67,8 @@ class EventBus:
     def publish(self, event: QueueEvent) -> None:
         with self._lock:
             history = self._history.setdefault(event.item_id, [])
-            if event.type == "step" and history and history[-1].type == "step":
-                history[-1] = event
+            if event.type in ("loading", "step") and history and history[-1].type == event.type:
+                history[-1] = event  # a late reader gets the latest of a run of them
             else:
                 history.append(event)
             subscribers = list(self._subscribers.get(event.item_id, ()))

@@ -54,12 +54,14 @@ class RunOutcome:
 
 @dataclass
 class Progress:
-    """One finished denoise step as the runner reports it."""
+    """One finished denoise step as the runner reports it, or (`loading` set) the main model's
+    component `step` of `total` starting to load."""
 
     step: int
     total: int
     elapsed: float
     preview: str | None = None  # PNG data URL
+    loading: str | None = None  # "unet", "vae", "text_encoder", "text_encoder_2"
 
 
 RunFn = Callable[[GenerateRequest, Callable[[Progress], None], threading.Event], RunOutcome]
@@ -190,6 +192,17 @@ class GenerationQueue:
 
     def _run_one(self, item: QueueItem, request: GenerateRequest, cancel: threading.Event) -> None:
         def on_progress(progress: Progress) -> None:
+            if progress.loading is not None:
+                self._bus.publish(
+                    QueueEvent(
+                        item_id=item.id,
+                        type="loading",
+                        step=progress.step,
+                        total=progress.total,
+                        message=f"loading the model: {progress.loading}",
+                    )
+                )
+                return
             with self._cond:
                 item.step, item.total = progress.step, progress.total
             self._bus.publish(

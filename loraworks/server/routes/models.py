@@ -35,6 +35,21 @@ class InstallRequest(BaseModel):
         min_length=1, max_length=4096, description="file, folder, URL or Hugging Face repo id"
     )
     copy_into_root: bool = Field(True, description="copy into models/ (else register in place)")
+    progress_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="a name for this install: GET /api/models/install/{progress_id} says "
+        "where it is while it runs",
+    )
+
+
+class InstallProgressOut(BaseModel):
+    """Where a running install is: `done` of `total` bytes (None: unknown) of `stage`."""
+
+    stage: str | None  # download | hash | copy | probe; None: not started yet
+    done: int = 0
+    total: int | None = None
+    name: str = ""
 
 
 class ModelEdit(BaseModel):
@@ -85,8 +100,22 @@ def get_model(key: str, state: State) -> ModelOut:
 async def install_model(body: InstallRequest, state: State, request: Request) -> ModelOut:
     """Install a file, folder, URL or repo id; refused with the reason if it is not a model.
     Runs off the request threads, within `limits.install_timeout_s` (408 after it)."""
-    record = await state.installs.install(request, body.source, body.copy_into_root)
+    record = await state.installs.install(
+        request, body.source, body.copy_into_root, body.progress_id
+    )
     return ModelOut.of(record)
+
+
+@router.get("/install/{progress_id}")
+def install_progress(progress_id: str, state: State) -> InstallProgressOut:
+    """Where the install named `progress_id` is while it runs (404 once it has ended)."""
+    try:
+        step = state.installs.progress(progress_id)
+    except KeyError:
+        raise ApiError(404, f"no install named {progress_id!r} is running") from None
+    if step is None:
+        return InstallProgressOut(stage=None)
+    return InstallProgressOut(stage=step.stage, done=step.done, total=step.total, name=step.name)
 
 
 @router.post("/scan")

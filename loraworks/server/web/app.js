@@ -427,6 +427,10 @@ function follow(itemId) {
   };
   source.addEventListener("queued", () => { setProgress(0, "Queued…"); refreshQueueStatus(); });
   source.addEventListener("started", () => { setProgress(0, "Started…"); refreshQueueStatus(); });
+  source.addEventListener("loading", (e) => {
+    const data = JSON.parse(e.data);
+    setProgress(0, `${data.message} (${data.step}/${data.total})`);
+  });
   source.addEventListener("step", (e) => {
     const data = JSON.parse(e.data);
     setProgress(data.step / data.total, `step ${data.step}/${data.total}`);
@@ -669,17 +673,42 @@ function renderModelsTable(models) {
   $("#models-body").replaceChildren(...rows);
 }
 
+const STAGES = { download: "downloading", hash: "hashing", copy: "copying", probe: "reading" };
+
+// "hashing x.safetensors: 1.2 of 6.9 GB" from GET /api/models/install/{id} (null: not started)
+function installStep(step) {
+  if (!step.stage) return "Installing…";
+  const gb = (n) => (n / 1e9).toFixed(n >= 1e10 ? 0 : 1);
+  const amount = step.total ? `${gb(step.done)} of ${gb(step.total)} GB` : `${gb(step.done)} GB`;
+  return `${STAGES[step.stage] ?? step.stage} ${step.name}: ${amount}`;
+}
+
 async function install(event) {
   event.preventDefault();
   const message = $("#models-message");
   message.textContent = "Installing…";
+  const progressId = `ui-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  let running = true;
+  const poll = async () => {  // where the install is, until its answer comes
+    while (running) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      try {
+        const step = await api(`/api/models/install/${progressId}`);
+        if (running) message.textContent = installStep(step);
+      } catch { /* not started yet, or just ended */ }
+    }
+  };
+  poll();
   try {
     const record = await api("/api/models/install", {
-      method: "POST", body: { source: $("#install-source").value.trim(), copy_into_root: $("#install-copy").checked },
+      method: "POST",
+      body: { source: $("#install-source").value.trim(), copy_into_root: $("#install-copy").checked,
+              progress_id: progressId },
     });
+    running = false;
     message.textContent = `Installed ${record.name} (${record.type}, ${baseLabel(record.base)}, ${record.format}).`;
     await loadModels();
-  } catch (error) { message.textContent = error.message; }
+  } catch (error) { running = false; message.textContent = error.message; }
 }
 
 async function rescan() {
