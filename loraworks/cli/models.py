@@ -140,7 +140,7 @@ LIST_COLUMNS = (
     "type",
     "base",
     "format",
-    "few-step",
+    "fast",  # the few-step family: a short header keeps the table within 80 columns
     "weight",
     "trigger words",
     "status",

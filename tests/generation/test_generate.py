@@ -262,7 +262,7 @@ def test_lcm_lora_with_many_steps_and_high_cfg_runs_with_a_warning(mm):
     req = tiny_request("sd1", steps=9, cfg=7.0, loras=[{"name": "sd1-lcm", "weight": 1.0}])
     result = generate(req, manager=mm)
     assert len(result.images) == 1
-    assert any("LCM-LoRA sd1-lcm" in w and "9 steps" in w and "CFG 7" in w for w in result.warnings)
+    assert any("lcm LoRA sd1-lcm" in w and "9 steps" in w and "CFG 7" in w for w in result.warnings)
 
 
 def test_base_mismatch_is_refused_before_any_work_naming_both(mm):
