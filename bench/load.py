@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,6 +43,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from memwatch import PeakAnon  # noqa: E402  (bench/ is this script's folder)
 
 from tests.fixtures.checkpoints import (  # noqa: E402
     layout_bytes,
@@ -56,26 +57,6 @@ from tests.fixtures.checkpoints import (  # noqa: E402
 FILE_DTYPES = {"sd1": torch.float32, "sdxl": torch.float16}
 ENGINES = ("loraworks", "diffusers")
 GIB = 2**30
-
-
-class _AnonPeak(threading.Thread):
-    """Highest RssAnon of this process, sampled."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.01):
-            self.peak = max(self.peak, _status_kib("RssAnon") * 1024)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _load(engine: str, case: str, dtype: torch.dtype, path: Path, config: Path, cache: Path):
@@ -105,19 +86,16 @@ def child(args: argparse.Namespace) -> None:
     from loraworks.models import singlefile  # noqa: F401
 
     dtype = getattr(torch, args.dtype)
-    sampler = _AnonPeak()
-    sampler.start()
-    cpu, wall = time.process_time(), time.perf_counter()
-    pipe = _load(args.engine, args.case, dtype, args.file, args.config, args.cache)
-    seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-    touch = time.perf_counter()
-    for t in tensors:  # one byte per 4 KiB page
-        t.detach().reshape(-1).view(torch.uint8)[::4096].sum()
-    touch = time.perf_counter() - touch
-    sampler.stop.set()
-    sampler.join()
+    with PeakAnon() as sampler:
+        cpu, wall = time.process_time(), time.perf_counter()
+        pipe = _load(args.engine, args.case, dtype, args.file, args.config, args.cache)
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        touch = time.perf_counter()
+        for t in tensors:  # one byte per 4 KiB page
+            t.detach().reshape(-1).view(torch.uint8)[::4096].sum()
+        touch = time.perf_counter() - touch
     dtypes = sorted({str(t.dtype) for t in tensors if t.is_floating_point()})
     print(
         json.dumps(
@@ -126,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
                 "cpu_seconds": cpu_seconds,
                 "touch_seconds": touch,
                 "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "peak_anon": max(sampler.peak, _status_kib("RssAnon") * 1024),
+                "peak_anon": sampler.peak,
                 "pipeline_bytes": sum(t.numel() * t.element_size() for t in tensors),
                 "dtypes": dtypes,
             }

@@ -49,7 +49,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -63,6 +62,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from memwatch import PeakAnon, anon_bytes  # noqa: E402  (bench/ is this script's folder)
 
 from loraworks.lora import LoRAPatcher, apply_loras, load_lora  # noqa: E402
 from loraworks.lora.keys import flatten  # noqa: E402
@@ -532,36 +533,6 @@ fairer comparison when other jobs share the machine."""
 
 
 # --- patching strategies (`--strategies`) ---------------------------------------------------
-
-
-def anon_bytes() -> int:
-    """This process's anonymous resident memory (RssAnon): a mapped file's pages, which the
-    kernel can drop, are not in it."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
-class PeakAnon:
-    """The highest `anon_bytes` while the block runs (sampled every millisecond)."""
-
-    def __enter__(self) -> PeakAnon:
-        self.peak, self._stop = anon_bytes(), threading.Event()
-        self._thread = threading.Thread(target=self._watch)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, anon_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, anon_bytes())
 
 
 #: column -> (strategy asked, whether the loader's originals are passed)

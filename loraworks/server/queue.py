@@ -192,27 +192,19 @@ class GenerationQueue:
 
     def _run_one(self, item: QueueItem, request: GenerateRequest, cancel: threading.Event) -> None:
         def on_progress(progress: Progress) -> None:
-            if progress.loading is not None:
-                self._bus.publish(
-                    QueueEvent(
-                        item_id=item.id,
-                        type="loading",
-                        step=progress.step,
-                        total=progress.total,
-                        message=f"loading the model: {progress.loading}",
-                    )
-                )
-                return
-            with self._cond:
-                item.step, item.total = progress.step, progress.total
+            loading = progress.loading is not None
+            if not loading:  # the item's step counts denoise steps only
+                with self._cond:
+                    item.step, item.total = progress.step, progress.total
             self._bus.publish(
                 QueueEvent(
                     item_id=item.id,
-                    type="step",
+                    type="loading" if loading else "step",
                     step=progress.step,
                     total=progress.total,
-                    elapsed=progress.elapsed,
+                    elapsed=None if loading else progress.elapsed,
                     preview=progress.preview,
+                    message=f"loading the model: {progress.loading}" if loading else None,
                 )
             )
 
