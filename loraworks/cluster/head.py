@@ -82,8 +82,12 @@ class Cluster:
 
     @property
     def concurrency(self) -> int:
-        """How many jobs the head keeps sent: as many as the replicas hold."""
-        return self.options.most_replicas * self.settings.max_ongoing_requests
+        """How many jobs the head keeps sent: about half of what the replicas hold, so Ray's
+        router has room to send a job where its stack is patched (a replica takes up to
+        `max_ongoing_requests`) instead of to the one slot that just freed; with two replicas
+        neither idles while the other has room (docs/cluster.md, "Affinity")."""
+        per_replica = (self.settings.max_ongoing_requests + 1) // 2
+        return self.options.most_replicas * per_replica
 
     # --- life ------------------------------------------------------------------------------
 
@@ -119,7 +123,11 @@ class Cluster:
             ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica},
             **scale,
         ).bind(
-            WorkerSettings(self.manager.config, self.manager.paths.cache, o.threads),
+            WorkerSettings(
+                self.manager.config.model_copy(update={"cluster": self.settings}),
+                self.manager.paths.cache,
+                o.threads,
+            ),
             self.settings.max_ongoing_requests,
         )
         [self.handle] = serve.run_many(

@@ -1,11 +1,13 @@
 """The order in which the jobs held by one replica run: its patched stack first.
 
-Ray Serve's router sends a job to a replica that reports the job's stack (multiplexing), but
-only while that replica has room; once every replica is busy, jobs of several stacks wait in
-each replica (up to `max_ongoing_requests`). Run first-come-first-served, two interleaved stacks
-would switch on every job; so the next job is the oldest one with the stack now patched, or the
-oldest of all. A job passed over `patience` times runs next whatever its stack: no starvation.
-Measured in docs/cluster.md: multiplexing alone saved nothing under load.
+Ray Serve's router sends a job to a replica that reports the job's stack (multiplexing) while
+that replica has room; jobs of several stacks still wait in each replica (up to
+`max_ongoing_requests`). Run first-come-first-served, two interleaved stacks would switch on
+every job; so the next job is the oldest one with the stack now patched, or the oldest of all.
+A job passed over `patience` times runs next whatever its stack: no starvation.
+
+The key is the job's multiplexed id: jobs sent without one (key "") all look alike and run
+first come, first served, as on a stack-blind server (docs/cluster.md, "Affinity").
 """
 
 from __future__ import annotations

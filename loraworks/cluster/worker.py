@@ -26,8 +26,11 @@ import torch
 
 from loraworks.cluster.errors import FileMismatch
 from loraworks.cluster.jobs import Job, JobImage, JobResult
+from loraworks.generation.batched import render_together
 from loraworks.generation.cache import ModelCache
 from loraworks.generation.conditioning import is_sdxl
+from loraworks.generation.denoise import StepCallback
+from loraworks.generation.errors import GenerationCancelled
 from loraworks.generation.events import CancelFlag, ProgressCallback, StepReporter
 from loraworks.generation.placement import placement
 from loraworks.generation.recipe import build_recipe
@@ -37,6 +40,16 @@ from loraworks.models import ModelRecord
 from loraworks.models.config import Config
 from loraworks.models.loading import load_pipeline
 from loraworks.models.probe import content_hash
+
+
+def _image_steps(steps: StepReporter, image: int) -> StepCallback:
+    """`steps` told which of its job's images a batched step belongs to."""
+
+    def on_step(i: int, total: int, latents: torch.Tensor) -> None:
+        steps.image = image
+        steps(i, total, latents)
+
+    return on_step
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,7 @@ class ReplicaStats:
     stack: list[str] = field(default_factory=list)  # the last job's LoRAs, `name:weight`
     jobs: int = 0
     switches: int = 0  # jobs that had to change the patched stack
-    batches: int = 0  # UNet batches of several jobs
+    batches: int = 0  # UNet batches of several jobs (same-stack batching)
 
 
 class Worker:
@@ -81,10 +94,7 @@ class Worker:
         self._lock = threading.Lock()
 
     def run(self, job: Job, progress: ProgressCallback | None, cancel: CancelFlag) -> JobResult:
-        for record in [job.main, *(entry.record for entry in job.loras)]:
-            self._verify(record)
-        stack = [(self.cache.lora(entry.record), entry.weight) for entry in job.loras]
-        noticed = [f"LoRA '{lora.name}': {note}" for lora, _ in stack for note in lora.warnings]
+        stack, noticed = self._stack(job)
         loaded = self.cache.model(job.main)
         settings = with_native_size(loaded.pipe, job.settings)
         steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
@@ -109,6 +119,58 @@ class Worker:
             raise
         warnings = [*noticed, *report.user_warnings(), *job.warnings]
         return JobResult(images, warnings, self.stats.id)
+
+    def run_together(
+        self, jobs: list[Job], progress: list[ProgressCallback | None], cancel: list[CancelFlag]
+    ) -> list[JobResult | GenerationCancelled]:
+        """Jobs of one stack, size and step settings (`batched.batch_key`) as one UNet batch:
+        every image of every job; each job's steps go to its own `progress`, and a cancelled
+        job leaves the batch (its result is the `GenerationCancelled`)."""
+        first = jobs[0]
+        stack, noticed = self._stack(first)
+        loaded = self.cache.model(first.main)
+        sdxl = is_sdxl(loaded.pipe)
+        reporters = [StepReporter(p, c, sdxl) for p, c in zip(progress, cancel, strict=True)]
+        items, owners, callbacks = [], [], []
+        for j, (job, steps) in enumerate(zip(jobs, reporters, strict=True)):
+            steps.images = job.batch_size
+            settings = with_native_size(loaded.pipe, job.settings)
+            for i in range(job.batch_size):
+                items.append(replace(settings, seed=settings.seed + i))
+                owners.append(j)
+                callbacks.append(_image_steps(steps, i))
+        try:
+            with self.cache.patched(first.main, stack) as (loaded, report):
+                for job in jobs:
+                    self._count(job, loaded.patcher)
+                with self._lock:
+                    self.stats.batches += len(jobs) > 1
+                loaded.conds.sync(report)
+                compute = placement(loaded.pipe.unet)
+                rendered = render_together(loaded.pipe, items, callbacks, loaded.conds)
+        except BaseException:
+            self._patched.pop(loaded.patcher, None)  # nothing patched now (`patched` restored)
+            raise
+        warnings = [*noticed, *report.user_warnings()]
+        out: list[JobResult | GenerationCancelled] = [
+            JobResult([], [*warnings, *job.warnings], self.stats.id) for job in jobs
+        ]
+        for j, seeded, image in zip(owners, items, rendered, strict=True):
+            result = out[j]
+            if isinstance(image, GenerationCancelled) or isinstance(result, GenerationCancelled):
+                out[j] = GenerationCancelled("generation cancelled")
+                continue
+            recipe = build_recipe(jobs[j].main, jobs[j].loras, seeded, compute)
+            result.images.append(JobImage(image.image, recipe))
+        return out
+
+    def _stack(self, job: Job) -> tuple[list, list[str]]:
+        """The job's files verified, its LoRAs loaded with their weights, and their notes."""
+        for record in [job.main, *(entry.record for entry in job.loras)]:
+            self._verify(record)
+        stack = [(self.cache.lora(entry.record), entry.weight) for entry in job.loras]
+        noticed = [f"LoRA '{lora.name}': {note}" for lora, _ in stack for note in lora.warnings]
+        return stack, noticed
 
     def snapshot(self) -> ReplicaStats:
         with self._lock:

@@ -137,8 +137,9 @@ class Limits(_Section):
 class ClusterSettings(_Section):
     """`loraworks serve --cluster` (docs/cluster.md)."""
 
-    max_ongoing_requests: int = Field(4, ge=1)
+    max_ongoing_requests: int = Field(7, ge=1)
     ready_timeout_s: float = Field(300.0, gt=0)
+    batch_window_ms: float = Field(0.0, ge=0)
 
 
 class Config(_Section):
@@ -289,7 +290,12 @@ metadata_kept_kb = 256       # header metadata kept in a record; the largest val
 # FACE = "1,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0"
 
 [cluster]             # `loraworks serve --cluster` only (docs/cluster.md)
-max_ongoing_requests = 4  # jobs a replica holds at once (one runs; of the others, those with
-                      #   its patched stack go first, none passed over more than this many times)
+max_ongoing_requests = 7  # jobs a replica holds at once; a job for a stack whose replica holds
+                      #   this many goes to another (spill-over). The head keeps (this+1)/2 per
+                      #   replica sent, so a job can wait where its stack is patched. Of the jobs
+                      #   waiting in a replica, those with its patched stack go first, none passed
+                      #   over more than this many times
 ready_timeout_s = 300.0   # a job waits this long for a replica to be ready, then fails
+batch_window_ms = 0       # > 0: jobs with one stack, size and step settings that reach a replica
+                      #   within this window (or wait there together) run as one UNet batch
 """

@@ -8,12 +8,13 @@ import asyncio
 from loraworks.cluster.turns import StackTurns
 
 
-async def _order(patience: int, arrivals: list[str]) -> list[str]:
+async def _order(patience: int, arrivals: list[str], key=lambda name: name[0]) -> list[str]:
+    """The order jobs named `arrivals` run in; a job's key (its multiplexed id) by `key`."""
     turns, ran = StackTurns(patience), []
     everyone_waits = asyncio.Event()
 
     async def job(name: str) -> None:
-        async with turns.turn(name[0]):
+        async with turns.turn(key(name)):
             ran.append(name)
             await everyone_waits.wait()
 
@@ -57,3 +58,9 @@ def test_a_cancelled_waiting_job_leaves_the_line():
         return ran
 
     assert asyncio.run(scenario()) == ["A1", "C1"]
+
+
+def test_jobs_without_a_multiplexed_id_run_in_arrival_order():
+    """Key "" (sent without a multiplexed id): no stack to group by, first come first served."""
+    arrivals = ["A1", "B1", "A2", "B2"]
+    assert asyncio.run(_order(10, arrivals, key=lambda name: "")) == arrivals
