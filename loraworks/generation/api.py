@@ -41,7 +41,7 @@ from loraworks.generation.recipe import (
 from loraworks.generation.render import RenderSettings, render_seeds, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.generation.textual_inversion import find_uses, prepare, word_warnings
-from loraworks.generation.windows import StepWindows, first_stack, has_window
+from loraworks.generation.windows import first_stack, follow_windows
 from loraworks.lora import with_user_presets
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
@@ -178,8 +178,7 @@ def generate(
     try:
         with cache.patched(main, first_stack(stack)) as (loaded, report):
             loaded.conds.sync(report)
-            if any(has_window(weight) for _, weight in stack):  # switched between steps
-                steps.after_step = StepWindows(loaded.patcher, stack).after_step
+            follow_windows(steps, loaded.patcher, stack)  # start=/stop=: switched between steps
             compute = placement(loaded.pipe.unet)
             for seeded, rendered in render_seeds(
                 loaded.pipe, s, request.batch_size, steps, loaded.conds

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from loraworks.generation.events import StepReporter
 from loraworks.lora import Strength
 
 TEXT = ("text_encoder", "text_encoder_2")
@@ -93,3 +94,12 @@ class StepWindows:
         the last step."""
         step = index + 2 if index + 1 < total else 1
         self.patcher.set(stack_at(self.stack, step, total) if step > 1 else first_stack(self.stack))
+
+
+def follow_windows(
+    steps: StepReporter, patcher: Any, stack: Sequence[tuple[Any, Strength]]
+) -> None:
+    """Have the step reporter `steps` switch `patcher` between steps when a LoRA of `stack`
+    has a window (the model must hold `first_stack(stack)` before the first step)."""
+    if any(has_window(weight) for _, weight in stack):
+        steps.after_step = StepWindows(patcher, stack).after_step
