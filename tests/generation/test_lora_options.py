@@ -148,3 +148,23 @@ def test_a1111_infotext_tags_keep_their_options():
         "ink": every(0.8, block_weights="OUTD", stop=10),
         "pop": every(1.0, block_weights="INS"),
     }
+
+
+def test_config_presets_are_read_as_the_extension_writes_them_and_checked():
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from loraworks.models.config import DEFAULT_CONFIG_TOML, Config
+
+    assert Config.model_validate(tomllib.loads(DEFAULT_CONFIG_TOML)).lbw_presets == {}
+    text = DEFAULT_CONFIG_TOML.replace("# FACE = ", "FACE = ")
+    assert Config.model_validate(tomllib.loads(text)).lbw_presets == {
+        "FACE": [1.0] + [0.0] * 7 + [1.0] * 3 + [0.0] * 6  # config.toml's commented example
+    }
+    for presets, message in [
+        ({"ALL": OUTD}, "lbw preset 'ALL' is a default preset's name"),
+        ({"X": "1,0,1"}, "lbw preset 'X' needs 17 or 26 values (SD1/SD2) or 12 or 20 (SDXL)"),
+    ]:
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            Config.model_validate({"lbw_presets": presets})
