@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import loraworks
 from loraworks.generation.errors import GenerationError
 from loraworks.generation.prompt import format_lora_tag
+from loraworks.generation.windows import in_step_numbers, steps_run
 
 if TYPE_CHECKING:  # recipe.py writes the chunk with `format_infotext`
     from loraworks.generation.recipe import Recipe
@@ -104,7 +105,8 @@ def _number(value: float) -> str:
 
 def format_infotext(r: Recipe) -> str:
     """The infotext of a recipe: what A1111 would have written for the same image."""
-    tags = [format_lora_tag(lora.name, lora.weight) for lora in r.loras]
+    run = steps_run(r.steps, r.strength or 1.0, r.init_image is not None)  # windows: step numbers
+    tags = [format_lora_tag(lora.name, in_step_numbers(lora.weight, run)) for lora in r.loras]
     prompt = ", ".join(part for part in (r.prompt, *tags) if part)
     sampler, schedule = A1111_SAMPLERS.get(r.scheduler, (r.scheduler, "Automatic"))
     params: dict[str, object] = {

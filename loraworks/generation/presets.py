@@ -12,7 +12,7 @@ from loraworks.generation.emphasis import has_emphasis, parse_emphasis
 from loraworks.generation.fewstep import FewStep, choose, preset_weight, sampling
 from loraworks.generation.render import RenderSettings
 from loraworks.generation.request import MAX_SEED, GenerateRequest
-from loraworks.generation.windows import has_window, never_active
+from loraworks.generation.windows import has_window, never_active, steps_run
 from loraworks.lora import Strength, component_weights, with_components
 from loraworks.models import ModelRecord
 from loraworks.models.config import Config
@@ -127,7 +127,7 @@ def _extreme_warnings(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
 
 def _closed_windows(s: RenderSettings, loras: list[StackEntry]) -> list[str]:
     """A step window (`start=`/`stop=`) that never opens in this request's steps."""
-    total = min(int(s.steps * s.strength), s.steps) if s.init_image is not None else s.steps
+    total = steps_run(s.steps, s.strength, s.init_image is not None)
     return [
         f"LoRA '{entry.record.name}' is active in none of the {total} steps (start/stop "
         "window); the image is made without it"

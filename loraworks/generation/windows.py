@@ -47,6 +47,26 @@ def has_window(weight: Strength) -> bool:
     return isinstance(weight, Mapping) and ("start" in weight or "stop" in weight)
 
 
+def steps_run(steps: int, strength: float, img2img: bool) -> int:
+    """The steps the denoise loop runs (img2img starts part-way in, `denoise._timesteps`)."""
+    return min(int(steps * strength), steps) if img2img else steps
+
+
+def in_step_numbers(weight: Strength, total: int) -> Strength:
+    """`weight` with its fraction window ends as the step numbers they fall on in a run of
+    `total` steps — the same steps active — for A1111's extension, which takes step numbers
+    only (infotext)."""
+    if not has_window(weight):
+        return weight
+    out = dict(weight)  # type: ignore[arg-type]
+    for key in ("start", "stop"):
+        end = out.get(key)
+        if isinstance(end, float):
+            hits = (k for k in range(1, total + 1) if _at_or_after(k, total, end))
+            out[key] = next(hits, total + 1)
+    return out  # type: ignore[return-value]
+
+
 def never_active(weight: Strength, total: int) -> bool:
     return not any(is_active(weight, k, total) for k in range(1, total + 1))
 

@@ -9,7 +9,13 @@ import pytest
 
 from loraworks.generation import LoRASpec, PromptSyntaxError
 from loraworks.generation.prompt import format_lora_tag, parse_lora_option, parse_prompt
-from loraworks.generation.windows import StepWindows, first_stack, is_active, stack_at
+from loraworks.generation.windows import (
+    StepWindows,
+    first_stack,
+    in_step_numbers,
+    is_active,
+    stack_at,
+)
 
 ALL3 = ("unet", "text_encoder", "text_encoder_2")
 OUTD = "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
@@ -106,6 +112,15 @@ def test_a_written_tag_reads_back_to_the_same_weight(weight):
 def test_active_steps(window, total, steps):
     weight = every(1.0, **window)
     assert [k for k in range(1, total + 1) if is_active(weight, k, total)] == steps
+    # as step numbers (what A1111's extension reads in an infotext): the same steps
+    numbers = in_step_numbers(weight, total)
+    assert all(type(numbers.get(k, 0)) is int for k in ("start", "stop"))
+    assert [k for k in range(1, total + 1) if is_active(numbers, k, total)] == steps
+
+
+def test_fractions_become_the_steps_they_fall_on():
+    assert in_step_numbers(every(1.0, start=0.5, stop=1.0), 20) == every(1.0, start=11, stop=21)
+    assert in_step_numbers(every(1.0, start=0.3, stop=5), 10) == every(1.0, start=4, stop=5)
 
 
 def test_the_text_part_counts_only_when_active_at_step_one():

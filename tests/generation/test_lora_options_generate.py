@@ -95,7 +95,7 @@ def test_options_are_in_the_recipe_and_recall_reproduces_them(loras):
     options = {"block_weights": "OUTD", "start": 1, "stop": 0.5}
     assert entry["weight"] == {**dict.fromkeys(EVERY, 0.8), **options}
     infotext = Image.open(first.images[0]).text["parameters"]  # A1111's, for other tools
-    assert "<lora:sd1-lyco:te=0.8:unet=0.8:lbw=OUTD:start=1:stop=0.5>" in infotext
+    assert "<lora:sd1-lyco:te=0.8:unet=0.8:lbw=OUTD:start=1:stop=2>" in infotext  # steps: 2
     again = recall(first.images[0], manager=mm)
     assert np.array_equal(
         np.asarray(Image.open(first.images[0])), np.asarray(Image.open(again.images[0]))
