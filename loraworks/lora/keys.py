@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any, NamedTuple
 
 from .errors import LoRAFormatError
 
@@ -142,6 +143,90 @@ def sgm_to_diffusers(path: str) -> str:
     except IndexError:
         pass
     raise LoRAFormatError(f"cannot map sgm UNet module {path!r} to a diffusers module")
+
+
+#: diffusers → sgm names of the UNet modules outside the blocks
+_TOP_DIFFUSERS_TO_SGM = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_RESNET_DIFFUSERS_TO_SGM = {v: k for k, v in _RESNET_SGM_TO_DIFFUSERS.items()}
+
+
+class UNetLayout(NamedTuple):
+    """What the sgm numbering depends on: resnets per down level (one more per up level),
+    and which up levels have attentions (their upsampler comes third in the block)."""
+
+    layers: int
+    attention_up: frozenset[int]
+
+
+#: SD1/SD2/SDXL's UNets: 2 resnets per down level; SDXL's up levels 0 and 1 have attentions
+SDXL_UNET = UNetLayout(2, frozenset({0, 1}))
+
+
+def unet_layout(config: Any) -> UNetLayout:
+    """The layout of a diffusers UNet from its config."""
+    ups = config.up_block_types
+    return UNetLayout(
+        config.layers_per_block, frozenset(i for i, t in enumerate(ups) if "CrossAttn" in t)
+    )
+
+
+def diffusers_to_sgm(path: str, layout: UNetLayout = SDXL_UNET) -> str:
+    """``down_blocks.1.attentions.0.proj_in`` → ``input_blocks.4.1.proj_in`` (the inverse of
+    `sgm_to_diffusers`, for any number of levels and resnets)."""
+    for src, dst in _TOP_DIFFUSERS_TO_SGM.items():
+        if path == src or path.startswith(src + "."):
+            return dst + path[len(src) :]
+    p, step = path.split("."), layout.layers + 1
+    try:
+        head = p[0]
+        if head == "mid_block":  # mid_block.<kind>.<j>…, the others <head>.<i>.<kind>.<j>…
+            kind, j, rest = p[1], _int(p[2], path), p[3:]
+            if kind == "resnets" and j in (0, 1):
+                return f"middle_block.{2 * j}" + _resnet_to_sgm(rest, path)
+            if kind == "attentions" and j == 0:
+                return "middle_block.1" + _tail(rest)
+        elif head == "down_blocks":
+            i, kind, j, rest = _int(p[1], path), p[2], _int(p[3], path), p[4:]
+            if kind == "downsamplers" and j == 0 and rest[:1] == ["conv"]:
+                return f"input_blocks.{step * (i + 1)}.0.op" + _tail(rest[1:])
+            block = f"input_blocks.{step * i + j + 1}"
+            if kind == "resnets":
+                return block + ".0" + _resnet_to_sgm(rest, path)
+            if kind == "attentions":
+                return block + ".1" + _tail(rest)
+        elif head == "up_blocks":
+            i, kind, j, rest = _int(p[1], path), p[2], _int(p[3], path), p[4:]
+            if kind == "upsamplers" and j == 0:
+                slot = 2 if i in layout.attention_up else 1
+                return f"output_blocks.{step * i + layout.layers}.{slot}" + _tail(rest)
+            block = f"output_blocks.{step * i + j}"
+            if kind == "resnets":
+                return block + ".0" + _resnet_to_sgm(rest, path)
+            if kind == "attentions":
+                return block + ".1" + _tail(rest)
+    except (IndexError, LoRAFormatError):
+        pass
+    raise LoRAFormatError(f"cannot map diffusers UNet module {path!r} to an sgm module")
+
+
+def _tail(rest: list[str]) -> str:
+    return "".join("." + r for r in rest)
+
+
+def _resnet_to_sgm(rest: list[str], path: str) -> str:
+    if not rest:
+        return ""
+    if rest[0] not in _RESNET_DIFFUSERS_TO_SGM:
+        raise LoRAFormatError(f"unknown resnet sub-module {rest[0]!r} in {path!r}")
+    return "." + _RESNET_DIFFUSERS_TO_SGM[rest[0]] + _tail(rest[1:])
 
 
 # --- text encoders -------------------------------------------------------------------------

@@ -2,14 +2,15 @@
 
 * **kohya**: ``lora_unet_<flattened path>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``
   (``lora_te_`` for SD1/SD2's text encoder, ``lora_te1_``/``lora_te2_`` for SDXL's), norm
-  layers as ``.w_norm``/``.b_norm``. UNet paths are written with diffusers names on every base,
-  as LCM-LoRA files are (A1111, ComfyUI and Forge read them; kohya's own SDXL files use sgm
-  names). Metadata: the given entries, then ``ss_network_module``, ``ss_network_dim`` and
-  ``ss_network_alpha`` (``Dynamic`` when the layers differ, as kohya writes it),
-  ``ss_base_model_version``, and ``sshs_model_hash`` / ``sshs_legacy_hash`` computed as kohya's
-  ``precalculate_safetensors_hashes`` does (sha256 of the tensor bytes of the file saved
-  without metadata; legacy: of 64 KiB at offset 1 MiB of those bytes), so that A1111's
-  ``Lora hashes`` name the new file, not its source.
+  layers as ``.w_norm``/``.b_norm``. UNet paths: SD1/SD2 with diffusers names (as kohya
+  writes them), SDXL with the original sgm names (``input_blocks_4_1_…``, ``middle_block_…``,
+  ``output_blocks_…``) as sd-scripts writes SDXL files and A1111, Forge and ComfyUI expect
+  (`keys.diffusers_to_sgm`). Metadata: the given entries, then ``ss_network_module``,
+  ``ss_network_dim`` and ``ss_network_alpha`` (``Dynamic`` when the layers differ, as kohya
+  writes it), ``ss_base_model_version``, and ``sshs_model_hash`` / ``sshs_legacy_hash``
+  computed as kohya's ``precalculate_safetensors_hashes`` does (sha256 of the tensor bytes
+  of the file saved without metadata; legacy: of 64 KiB at offset 1 MiB of those bytes), so
+  that A1111's ``Lora hashes`` name the new file, not its source.
 * **diffusers**: ``<component>.<path>.lora_A.weight`` / ``lora_B.weight`` with the PEFT
   config per component in the ``lora_adapter_metadata`` header entry (``r``, ``lora_alpha``,
   ``rank_pattern``, ``alpha_pattern`` for layers that differ), as diffusers'
@@ -35,7 +36,7 @@ from typing import Literal
 import torch
 from safetensors.torch import save, save_file
 
-from ..keys import flatten
+from ..keys import SDXL_UNET, diffusers_to_sgm, flatten
 from ..layers import Layer, LoRALayer, NormLayer
 from ..model import LoRA
 from .atomic import atomic_output
@@ -97,6 +98,8 @@ def kohya_state_dict(lora: LoRA) -> dict[str, Tensor]:
         comp, path = file_path(target)
         if comp == "unet":
             prefix = "lora_unet_"
+            if lora.base == "sdxl":
+                path = diffusers_to_sgm(path, SDXL_UNET)
         elif lora.base == "sdxl" and comp == "text_encoder":
             prefix = "lora_te1_"
         else:
