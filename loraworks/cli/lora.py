@@ -301,20 +301,23 @@ def bake(
     loras: list[str] = typer.Argument(..., help="LoRAs as NAME:weight"),
     out: Path = OutOption,
     dtype: DtypeChoice = typer.Option(DtypeChoice.fp16, "--dtype", help="the model's dtype"),
+    single_file: bool = typer.Option(
+        False, "--single-file", help="one NAME.safetensors in the original (A1111) layout"
+    ),
     force: bool = ForceOption,
     install: bool = typer.Option(True, "--install/--no-install", help="install the result"),
     root: Path | None = RootOption,
 ) -> None:
-    """A new main model (diffusers folder) with the LoRAs merged in, installed."""
-    from loraworks.lora.tools import bake, check_output
+    """A new main model (diffusers folder, or one file) with the LoRAs merged in, installed."""
+    from loraworks.lora.tools import SINGLE_FILE_SUFFIX, bake, check_output
 
     with _session(root) as s:
-        check_output(out, force)
+        check_output(out, force, SINGLE_FILE_SUFFIX if single_file else None)
         stack = [(s.lora(name), w) for name, w in map(_spec, loras)]
         pipe = s.manager().load_main(main, dtype=_dtype(dtype))
         status = err.status("baking") if err.is_terminal else nullcontext()
         with status:
-            bake(pipe, stack, out, force=force)
+            bake(pipe, stack, out, force=force, single_file=single_file)
         say(f"wrote {out}")
         if install:
             s.install(out)

@@ -13,7 +13,7 @@ docs/tools.md for the maths and the choices.
 """
 
 from .atomic import check_output
-from .bake import bake
+from .bake import SINGLE_FILE_SUFFIX, bake
 from .convert import convert
 from .errors import IncompatibleModels, LoRAToolError, OutputExists, RankError, UnsupportedKind
 from .extract import extract
@@ -27,6 +27,7 @@ from .write import FORMATS, save_lora
 __all__ = [
     "FORMATS",
     "METHODS",
+    "SINGLE_FILE_SUFFIX",
     "TOOL_KEY",
     "IncompatibleModels",
     "Inspection",

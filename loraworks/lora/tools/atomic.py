@@ -14,8 +14,11 @@ from pathlib import Path
 from .errors import LoRAToolError, OutputExists
 
 
-def check_output(path: Path, force: bool) -> None:
-    """Refuse an existing output (before any work is done) unless ``force``."""
+def check_output(path: Path, force: bool, suffix: str | None = None) -> None:
+    """Refuse an existing output (before any work is done) unless ``force``, and one not named
+    ``*suffix`` when a suffix is required."""
+    if suffix is not None and path.suffix != suffix:
+        raise LoRAToolError(f"{path}: this output is written as NAME{suffix}")
     if (path.exists() or path.is_symlink()) and not force:
         raise OutputExists(f"{path} exists; pass --force (force=True) to replace it")
     if not path.parent.is_dir():

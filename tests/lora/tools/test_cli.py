@@ -118,3 +118,27 @@ def test_bake_and_extract_through_the_models_root(files, tmp_path):
     assert "rank 4" in r.stdout
     back, src = load_lora(out), load_lora(a)
     assert back.layers.keys() == src.layers.keys()
+
+
+def test_bake_single_file_installs_a_checkpoint(files, tmp_path):
+    """`bake --single-file` writes NAME.safetensors, installed as a single-file main model;
+    another name is refused before anything is loaded."""
+    from loraworks.models import ModelManager
+    from tests.fixtures.models import build_pipeline
+
+    root = tmp_path / "root"
+    build_pipeline("sd1", tmp_path / "src").save_pretrained(str(tmp_path / "main"))
+    mm = ModelManager.open(root)
+    mm.install(tmp_path / "main", name="tiny")
+    mm.close()
+    a, _ = files
+    common = ["--root", str(root), "--single-file", "--dtype", "fp16"]
+    r = run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked"), *common, code=1)
+    assert "NAME.safetensors" in r.output and not (tmp_path / "baked").exists()
+    run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked.safetensors"), *common)
+    mm = ModelManager.open(root)
+    record = mm.get("baked", type="main")
+    mm.close()
+    assert (record.base, record.format) == ("sd1", "checkpoint")
+    r = run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked.safetensors"), *common, code=1)
+    assert "--force" in r.output
