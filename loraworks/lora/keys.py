@@ -8,6 +8,8 @@
   never mis-target a layer: it can only fall back to the exact flattened lookup.
 * ``sgm_to_diffusers(path)``: UNet names of the original (LDM/sgm) UNet → diffusers
   ``UNet2DConditionModel`` (2 resnets per down level, 3 per up level, as in SD1/SD2/SDXL).
+* ``LDM_*``: the prefixes of single-file checkpoints (read by `loraworks.models.singlefile`,
+  written by `loraworks.lora.tools.single_file`).
 * ``text_encoder_candidates(path)``: a CLIP path with and without ``text_model.`` (transformers
   ≥5.16 has no ``text_model`` level; LoRA files name it).
 """
@@ -227,6 +229,21 @@ def _resnet_to_sgm(rest: list[str], path: str) -> str:
     if rest[0] not in _RESNET_DIFFUSERS_TO_SGM:
         raise LoRAFormatError(f"unknown resnet sub-module {rest[0]!r} in {path!r}")
     return "." + _RESNET_DIFFUSERS_TO_SGM[rest[0]] + _tail(rest[1:])
+
+
+# --- single-file (original LDM / sgm) checkpoints --------------------------------------------
+
+LDM_UNET = "model.diffusion_model."
+LDM_VAE = "first_stage_model."
+#: per base, each text encoder's prefix in a single file and whether it is in open_clip's layout
+LDM_TEXT_ENCODERS: dict[str, dict[str, tuple[str, bool]]] = {
+    "sd1": {"text_encoder": ("cond_stage_model.transformer.", False)},
+    "sd2": {"text_encoder": ("cond_stage_model.model.", True)},
+    "sdxl": {
+        "text_encoder": ("conditioner.embedders.0.transformer.", False),
+        "text_encoder_2": ("conditioner.embedders.1.model.", True),
+    },
+}
 
 
 # --- text encoders -------------------------------------------------------------------------

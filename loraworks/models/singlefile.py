@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from loraworks.lora.keys import LDM_TEXT_ENCODERS, LDM_UNET, LDM_VAE
 from loraworks.models.assign import assign, empty, fit_text_keys
 from loraworks.models.errors import ModelError
 from loraworks.models.lazyweights import LazyWeights, stored_bytes
@@ -26,17 +27,8 @@ from loraworks.models.loadevents import LoadProgress, announced
 from loraworks.models.originals import FileOriginals, storages
 from loraworks.models.tokenizer import clip_tokenizer
 
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
-# text encoder prefixes: (LDM prefix, open_clip layout?)
-TEXT_ENCODERS: dict[str, dict[str, tuple[str, bool]]] = {
-    "sd1": {"text_encoder": ("cond_stage_model.transformer.", False)},
-    "sd2": {"text_encoder": ("cond_stage_model.model.", True)},
-    "sdxl": {
-        "text_encoder": ("conditioner.embedders.0.transformer.", False),
-        "text_encoder_2": ("conditioner.embedders.1.model.", True),
-    },
-}
+# the layout's prefixes, shared with the writer (`loraworks.lora.tools.single_file`)
+UNET, VAE, TEXT_ENCODERS = LDM_UNET, LDM_VAE, LDM_TEXT_ENCODERS
 
 
 def template(base: str) -> dict[str, Any]:

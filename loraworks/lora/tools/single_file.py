@@ -32,9 +32,7 @@ from typing import Any
 
 import torch
 
-from loraworks.models.singlefile import TEXT_ENCODERS, UNET, VAE
-
-from ..keys import diffusers_to_sgm, unet_layout
+from ..keys import LDM_TEXT_ENCODERS, LDM_UNET, LDM_VAE, diffusers_to_sgm, unet_layout
 
 Tensor = torch.Tensor
 
@@ -78,7 +76,7 @@ def unet_state_dict(unet: Any) -> dict[str, Tensor]:
     out = {}
     for key, value in unet.state_dict().items():
         path, leaf = key.rsplit(".", 1)
-        out[f"{UNET}{diffusers_to_sgm(path, layout)}.{leaf}"] = value
+        out[f"{LDM_UNET}{diffusers_to_sgm(path, layout)}.{leaf}"] = value
     return out
 
 
@@ -111,7 +109,7 @@ def vae_state_dict(vae: Any) -> dict[str, Tensor]:
         new = _vae_key(key, levels)
         if ".mid.attn_1." in new and new.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]  # linear → 1×1 convolution
-        out[VAE + new] = value
+        out[LDM_VAE + new] = value
     return out
 
 
@@ -166,7 +164,7 @@ def ldm_state_dict(pipe: Any, base: str) -> dict[str, Tensor]:
     """Every tensor of ``pipe`` (a diffusers SD1/SD2/SDXL pipeline) under its published key,
     contiguous, ready for `safetensors.torch.save_file`."""
     out = unet_state_dict(pipe.unet) | vae_state_dict(pipe.vae)
-    for name, (prefix, open_clip) in TEXT_ENCODERS[base].items():
+    for name, (prefix, open_clip) in LDM_TEXT_ENCODERS[base].items():
         te = getattr(pipe, name)
         if open_clip:
             out |= open_clip_state_dict(te, prefix, spare_layer=base == "sd2")
