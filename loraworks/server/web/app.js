@@ -344,7 +344,8 @@ function showUsedWeights(id) {
   if (!recipe) return;
   for (const entry of state.stack) {
     const used = (recipe.loras || []).find((l) => l.key === entry.key);
-    if (used && typeof used.weight === "number") entry.used = used.weight;
+    const held = used && stackWeight(used.weight);  // a block preset's weight too
+    if (held && held.weight !== null) entry.used = held.weight;
   }
   renderStack();
 }
