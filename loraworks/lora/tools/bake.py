@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..apply import apply_loras
-from ..bases import base_of_cross_attention
+from ..components import components_of, model_base
 from ..patcher import Stack
 from . import write
 from .atomic import atomic_output, check_output
@@ -40,7 +40,7 @@ def bake(
         with apply_loras(pipe, stack, strict=True), atomic_output(out, force) as tmp:
             pipe.save_pretrained(str(tmp), safe_serialization=True)
         return out
-    base = base_of_cross_attention(getattr(pipe.unet.config, "cross_attention_dim", None))
+    base = model_base(components_of(pipe))
     if base is None or getattr(pipe, "vae", None) is None:
         raise LoRAToolError("a single file is written for SD1, SD2 and SDXL pipelines only")
     with apply_loras(pipe, stack, strict=True), atomic_output(out, force) as tmp:

@@ -35,10 +35,10 @@ def test_kohya_diffusers_peft_kohya_keeps_every_layer_exactly(tmp_path, base):
     assert (d.format, p.format, k.format) == ("diffusers", "peft", "kohya")
     for other in (d, p, k):
         _same_layers(src, other)
-    if base == "sd1":  # kohya names of SD1 are diffusers names: the very same file content
-        back = load_file(str(k_path))
-        assert back.keys() == sd.keys()
-        assert all(torch.equal(back[key], sd[key]) for key in sd)
+    # kohya names (diffusers names on SD1, sgm names on SDXL) come back: the same file content
+    back = load_file(str(k_path))
+    assert back.keys() == sd.keys()
+    assert all(torch.equal(back[key], sd[key]) for key in sd)
 
 
 def test_kohya_metadata_is_updated(tmp_path):
