@@ -64,9 +64,20 @@ def _spec(body: str, shown: str, form: str) -> LoRASpec:
         key = key.strip()
         if key == "dyn":
             raise PromptSyntaxError(f"{shown}: dyn= (a dynamic-rank cut-off) is not supported")
+        if key == "step":  # the extension's step=5-10: start=5:stop=10
+            first, dash, last = (v.strip() for v in value.partition("-"))
+            if not (dash and first.isdigit() and last.isdigit()) or {"start", "stop"} & set(
+                options
+            ):
+                raise PromptSyntaxError(
+                    f"{shown}: step= takes two step numbers, e.g. step=5-10 (not with start=/stop=)"
+                )
+            options.update(start=int(first), stop=int(last))
+            continue
         if key not in ("te", "unet", *_OPTIONS) or key in named or _OPTIONS.get(key) in options:
             raise PromptSyntaxError(
-                f"{shown}: unknown or repeated {key}= (use te=, unet=, lbw=, start= and stop=)"
+                f"{shown}: unknown or repeated {key}= (use te=, unet=, lbw=, start=, stop= "
+                "and step=)"
             )
         if key in _OPTIONS:
             options[_OPTIONS[key]] = _option(key, value.strip(), shown)

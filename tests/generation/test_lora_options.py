@@ -34,6 +34,7 @@ def every(w: float, **options) -> dict:
         (f"<lora:ink:lbw={OUTD}>", {"block_weights": [float(v) for v in OUTD.split(",")]}),
         ("<lora:ink:0.5:start=5:stop=10>", every(0.5, start=5, stop=10)),
         ("<lora:ink:start=0.0:stop=1.0>", {"start": 0.0, "stop": 1.0}),
+        ("<lora:ink:1:lbw=ALL:step=5-10>", every(1.0, block_weights="ALL", start=5, stop=10)),
         (
             "<lyco:ink:0.5:unet=1:start=0.25>",
             {"unet": 1.0, "text_encoder": 0.5, "text_encoder_2": 0.5, "start": 0.25},
@@ -64,6 +65,9 @@ def test_the_cli_takes_the_same_options():
         ("<lora:ink:1:lbw=A B>", "lbw 'A B' is neither a preset name nor a vector"),
         ("<lora:ink:1:lbw=ALL:lbw=NONE>", "unknown or repeated lbw="),
         ("<lora:ink:1:stop=soon>", "weight 'soon' is not a number"),
+        ("<lora:ink:1:step=5>", "step= takes two step numbers, e.g. step=5-10"),
+        ("<lora:ink:1:start=2:step=5-10>", "step= takes two step numbers"),
+        ("<lora:ink:1:step=5-10:stop=3>", "unknown or repeated stop="),
     ],
 )
 def test_bad_options_name_the_tag(prompt, message):

@@ -71,7 +71,7 @@ def test_weights_may_be_negative_or_integers():
         ("a <lora:ink:dyn=16>", "dyn= (a dynamic-rank cut-off) is not supported"),
         (
             "a <lora:ink:clip=1>",
-            "unknown or repeated clip= (use te=, unet=, lbw=, start= and stop=)",
+            "unknown or repeated clip= (use te=, unet=, lbw=, start=, stop= and step=)",
         ),
         ("a <lora:ink:te=1:te=2>", "unknown or repeated te="),
         ("a <lyco:ink:unet=soft>", "<lyco:ink:unet=soft>: weight 'soft' is not a number"),
@@ -92,7 +92,8 @@ def test_bad_tags_raise_clear_errors(prompt, message):
         ("ink:1:1:1", "--lora ink:1:1:1: at most two weights (--lora name:te_weight:unet_weight)"),
         (
             "ink:clip=1",
-            "--lora ink:clip=1: unknown or repeated clip= (use te=, unet=, lbw=, start= and stop=)",
+            "--lora ink:clip=1: unknown or repeated clip= (use te=, unet=, lbw=, start=, stop= "
+            "and step=)",
         ),
     ],
 )
