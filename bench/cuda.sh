@@ -15,6 +15,9 @@ inv=()
 $py bench/lora_apply.py --device cuda --size full --repeats 5 "${inv[@]}" --write-docs 2>&1 \
     | tee "$out/lora_apply.txt"
 $py bench/lora_phases.py --device cuda 2>&1 | tee "$out/lora_phases.txt"
+# patch strategies on SDXL fp16 as a 12 GB card would see it (#15)
+$py bench/lora_apply.py --strategies --device cuda --model sdxl --dtype fp16 --cap-gb 12 \
+    --repeats 3 --write-docs 2>&1 | tee "$out/lora_strategies.txt"
 $py bench/lcm_speed.py --device cuda --size full --breakdown --repeats 10 2>&1 \
     | tee "$out/lcm_breakdown.txt"
 $py bench/lcm_speed.py --device cuda --size full --repeats 7 2>&1 | tee "$out/lcm_speed.txt"

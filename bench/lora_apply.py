@@ -34,6 +34,11 @@ the anonymous memory (RssAnon, sampled every ms) the patch adds at its peak, hol
 and adds while restoring::
 
     .venv/bin/python bench/lora_apply.py --strategies --model sdxl --dtype fp32 --repeats 3
+    python bench/lora_apply.py --strategies --device cuda --model sdxl --dtype fp16 --cap-gb 12
+
+On CUDA ``--cap-gb`` caps the process's GPU memory (`torch.cuda.set_per_process_memory_fraction`)
+as a 12 GB card would, and memory is CUDA's allocated bytes; the *file* column is left out (on a
+GPU ``inplace`` keeps host copies while the host holds them).
 
 ``--invokeai-path`` folders go on ``sys.path`` only when InvokeAI is imported, after the pipeline
 is built, so stub modules there (empty torchvision/cv2/onnx/onnxruntime that InvokeAI imports but
@@ -65,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 from memwatch import PeakAnon, anon_bytes  # noqa: E402  (bench/ is this script's folder)
 
-from loraworks.lora import LoRAPatcher, apply_loras, load_lora  # noqa: E402
+from loraworks.lora import LoRAError, LoRAPatcher, apply_loras, load_lora  # noqa: E402
 from loraworks.lora.keys import flatten  # noqa: E402
 from tests.fixtures.models import build_pipeline  # noqa: E402
 
@@ -347,6 +352,12 @@ def main() -> None:
         "loaded from a published-layout file (CPU)",
     )
     ap.add_argument("--model", choices=["sd1", "sdxl"], default="sd1", help="with --strategies")
+    ap.add_argument(
+        "--cap-gb",
+        type=float,
+        default=None,
+        help="with --strategies on CUDA: the GPU memory this process may use (a 12 GB card: 12)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -539,35 +550,74 @@ fairer comparison when other jobs share the machine."""
 STRATEGY_RUNS = {"swap": ("swap", False), "host": ("inplace", False), "file": ("inplace", True)}
 
 
-def bench_strategy(pipe, lora, strategy: str, originals, t: Timer) -> dict:
-    """One patch and restore with `strategy`: times, and anonymous memory above the level
-    before the patch (its peak while patching, what it holds while patched, its peak while
-    restoring)."""
+class DeviceMemory:
+    """Memory of the device the model is on, above a level: the CPU's RssAnon (sampled every
+    ms) or CUDA's allocated bytes (the allocator's own peak)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def now(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated()
+        return anon_bytes()
+
+    def peak_of(self, fn: Callable[[], object]) -> tuple[object, int]:
+        """`fn()` and the highest level while it ran."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            out = fn()
+            torch.cuda.synchronize()
+            return out, torch.cuda.max_memory_allocated()
+        with PeakAnon() as peak:
+            out = fn()
+        return out, peak.peak
+
+
+def bench_strategy(pipe, lora, strategy: str, originals, t: Timer, memory: DeviceMemory) -> dict:
+    """One patch and restore with `strategy`: times, and memory above the level before the
+    patch (its peak while patching, what it holds while patched, its peak while restoring).
+    A stack the strategy cannot fit is refused by the patcher: {"refused": its message}."""
     gc.collect()
     patcher = LoRAPatcher(pipe, strategy=strategy, originals=originals)
-    m0 = anon_bytes()
-    with PeakAnon() as apply_peak:
-        a = t.now()
-        report = patcher.set([(lora, 1.0)])
-        b = t.now()
-    held = anon_bytes() - m0
-    with PeakAnon() as restore_peak:
-        c = t.now()
-        patcher.restore()
-        d = t.now()
+    m0 = memory.now()
+    a = t.now()
+    try:
+        report, apply_peak = memory.peak_of(lambda: patcher.set([(lora, 1.0)]))
+    except LoRAError as exc:
+        return {"refused": str(exc)}
+    b = t.now()
+    held = memory.now() - m0
+    c = t.now()
+    _, restore_peak = memory.peak_of(patcher.restore)
+    d = t.now()
     return {
         "plan": report.strategy,
         "apply": b[0] - a[0],
         "restore": d[0] - c[0],
-        "peak": apply_peak.peak - m0,
+        "peak": apply_peak - m0,
         "held": held,
-        "restore_peak": restore_peak.peak - m0,
+        "restore_peak": restore_peak - m0,
     }
+
+
+def _strategy_cell(r: dict, c: str) -> str:
+    if f"{c}_refused" in r:
+        need = r[f"{c}_refused"].split("needs about ")[-1].split(" (patch")[0]
+        return f"| does not fit (needs {need}) "
+    return (
+        f"| {r[f'{c}_apply']:.2f} / {r[f'{c}_restore']:.2f} / {fmt_mb(r[f'{c}_peak'])} / "
+        f"{fmt_mb(r[f'{c}_held'])} / {fmt_mb(r[f'{c}_restore_peak'])} "
+    )
 
 
 def strategies_main(args) -> None:
     """Swap vs in place with host copies vs in place re-reading the model file, on a main model
-    loaded by loraworks from a published-layout single file (random values)."""
+    loaded by loraworks from a published-layout single file (random values). On CUDA
+    (`--cap-gb`: the process may use that much of the GPU, as a smaller card would) the file
+    column is left out: there ``inplace`` keeps host copies whenever the host holds them."""
     from loraworks.models.loading import pipeline_class
     from loraworks.models.originals import FileOriginals
     from loraworks.models.singlefile import load_checkpoint
@@ -576,7 +626,7 @@ def strategies_main(args) -> None:
     from tests.lora.util import kohya_lora, targets
 
     base = args.model
-    dtype_name = args.dtype or "fp32"
+    dtype_name = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     tmp = Path(tempfile.mkdtemp(prefix="lora_strategies_"))
     file_dtype = torch.float16 if base == "sdxl" else torch.float32  # as published
@@ -593,12 +643,20 @@ def strategies_main(args) -> None:
         originals=originals,
         **({} if base == "sdxl" else sd_only),
     )
+    cap = ""
+    if args.device == "cuda":
+        if args.cap_gb:
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * 2**30 / total))
+            cap = f", capped at {args.cap_gb:g} GiB of {total / 2**30:.0f}"
+        pipe.to("cuda")
+    runs_of = {k: v for k, v in STRATEGY_RUNS.items() if args.device == "cpu" or k != "file"}
     c = Components(base, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     cases = [
         ("rank 16, attention", {"rank": 16}),
         ("LoCon r16, every linear and conv", {"rank": 16, "kinds": (nn.Linear, nn.Conv2d)}),
     ]
-    timer = Timer("cpu")
+    timer, memory = Timer(args.device), DeviceMemory(args.device)
     load_before = os.getloadavg()[0]
     rows = []
     for desc, kw in cases:
@@ -606,53 +664,64 @@ def strategies_main(args) -> None:
             kw = {**kw, "suffixes": None}
         mods = [m.weight for *_, m in targets(c, **{k: v for k, v in kw.items() if k != "rank"})]
         lora = load_lora((kohya_lora(c, scale=0.01, **kw), {}), name=desc)
+        if args.device == "cuda":
+            lora.to("cuda")
         row = {
             "desc": desc,
             "layers": len(mods),
             "patched": sum(w.nbytes for w in mods),
             "largest": max(w.nbytes for w in mods),
         }
-        for column, (strategy, with_file) in STRATEGY_RUNS.items():
+        for column, (strategy, with_file) in runs_of.items():
             runs = [
-                bench_strategy(pipe, lora, strategy, originals if with_file else None, timer)
+                bench_strategy(
+                    pipe, lora, strategy, originals if with_file else None, timer, memory
+                )
                 for _ in range(args.repeats)
             ]
+            if "refused" in runs[0]:
+                row[f"{column}_refused"] = runs[0]["refused"]
+                print(f"{desc}: {column} refused: {runs[0]['refused']}")
+                continue
             assert {r["plan"] for r in runs} == {column}, (column, runs[0]["plan"])
             for key in ("apply", "restore", "peak", "held", "restore_peak"):
                 row[f"{column}_{key}"] = statistics.median(r[key] for r in runs)
             print(f"{desc}: {column} " + str({k: row[k] for k in row if k.startswith(column)}))
         rows.append(row)
     cmd = "python " + " ".join(["bench/lora_apply.py", *sys.argv[1:]])
+    where = (
+        f"{torch.cuda.get_device_name()}{cap}"
+        if args.device == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    measured = (
+        "CUDA allocated bytes above their level before the patch (the allocator's peak)"
+        if args.device == "cuda"
+        else "RssAnon above its level before the patch, sampled every ms"
+    )
     lines = [
         f"`{cmd}` — {args.size} {base.upper()} loaded from a published-layout single file "
-        f"({str(file_dtype).removeprefix('torch.')}) in {dtype_name}, cpu "
-        f"({torch.get_num_threads()} threads), torch {torch.__version__}; medians of "
-        f"{args.repeats}; load average {load_before:.1f} → {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} CPUs. Memory: RssAnon above its level before the patch, sampled "
-        "every ms (MiB).",
+        f"({str(file_dtype).removeprefix('torch.')}) in {dtype_name}, {where}, torch "
+        f"{torch.__version__}; medians of {args.repeats}; load average {load_before:.1f} → "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs. Memory: {measured} (MiB).",
         "",
         "| LoRA | layers | patched MiB / largest tensor MiB "
         + "".join(
-            f"| {c}: apply s / restore s / peak MiB / held MiB / restore peak MiB "
-            for c in STRATEGY_RUNS
+            f"| {c}: apply s / restore s / peak MiB / held MiB / restore peak MiB " for c in runs_of
         )
         + "|",
-        "|---|---|---|" + "---|" * len(STRATEGY_RUNS),
+        "|---|---|---|" + "---|" * len(runs_of),
     ]
     for r in rows:
         lines.append(
             f"| {r['desc']} | {r['layers']} | {fmt_mb(r['patched'])} / {fmt_mb(r['largest'])} "
-            + "".join(
-                f"| {r[f'{c}_apply']:.2f} / {r[f'{c}_restore']:.2f} / {fmt_mb(r[f'{c}_peak'])} / "
-                f"{fmt_mb(r[f'{c}_held'])} / {fmt_mb(r[f'{c}_restore_peak'])} "
-                for c in STRATEGY_RUNS
-            )
+            + "".join(_strategy_cell(r, c) for c in runs_of)
             + "|"
         )
     table = "\n".join(lines)
     print("\n" + table)
     if args.write_docs:
-        args.device, args.size = "cpu", f"strategies {base} {dtype_name}"
+        args.size = f"strategies {base} {dtype_name}"
         write_section(table, args)
 
 

@@ -31,10 +31,17 @@ if TYPE_CHECKING:
 def free_bytes(dev: torch.device) -> int | None:
     """Memory a new tensor on `dev` can take. On CUDA that includes what PyTorch's caching
     allocator holds unused (e.g. the patched weights of the last stack, freed on restore): the
-    driver counts it as taken, so its figure alone would refuse stacks that fit. None: unknown."""
+    driver counts it as taken, so its figure alone would refuse stacks that fit. A process
+    capped with `torch.cuda.set_per_process_memory_fraction` (sharing a GPU, or standing in for
+    a smaller card) gets no more than its cap. None: unknown."""
     if dev.type == "cuda":
-        unused_cache = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-        return torch.cuda.mem_get_info(dev)[0] + unused_cache
+        allocated = torch.cuda.memory_allocated(dev)
+        free = torch.cuda.mem_get_info(dev)[0] + torch.cuda.memory_reserved(dev) - allocated
+        fraction = torch.cuda.get_per_process_memory_fraction(dev)
+        if fraction < 1.0:
+            cap = int(fraction * torch.cuda.get_device_properties(dev).total_memory)
+            free = min(free, cap - allocated)
+        return max(free, 0)
     if dev.type == "cpu":
         return psutil.virtual_memory().available
     return None

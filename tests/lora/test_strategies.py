@@ -206,3 +206,23 @@ def test_inplace_on_the_cpu_reads_the_file_before_it_copies(tmp_path, monkeypatc
     assert patcher.set([(lora, 1.0)]).strategy == "file"
     patcher.restore()
     assert LoRAPatcher(c.as_mapping(), strategy="inplace").set([(lora, 1.0)]).strategy == "host"
+
+
+def test_a_capped_gpu_offers_what_is_left_of_its_cap(monkeypatch):
+    """An 80 GiB GPU with 50 GiB free to the driver and 1 GiB unused in PyTorch's cache: all
+    51 GiB can be taken, unless the process is capped at 12 GiB with 5 allocated: then 7."""
+    from types import SimpleNamespace
+
+    from loraworks.lora import staging
+
+    gib = 2**30
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "mem_get_info", lambda dev: (50 * gib, 80 * gib))
+    monkeypatch.setattr(cuda, "memory_reserved", lambda dev: 6 * gib)
+    monkeypatch.setattr(cuda, "memory_allocated", lambda dev: 5 * gib)
+    props = SimpleNamespace(total_memory=80 * gib)
+    monkeypatch.setattr(cuda, "get_device_properties", lambda dev: props)
+    monkeypatch.setattr(cuda, "get_per_process_memory_fraction", lambda dev: 1.0)
+    assert staging.free_bytes(torch.device("cuda")) == 51 * gib
+    monkeypatch.setattr(cuda, "get_per_process_memory_fraction", lambda dev: 12 / 80)
+    assert staging.free_bytes(torch.device("cuda")) == 7 * gib
