@@ -98,8 +98,9 @@ def test_a_missing_path_is_not_looked_up_as_a_name(tmp_path, monkeypatch):
     assert "no such file" in r.output and not (tmp_path / "root").exists()
 
 
-def test_bake_and_extract_through_the_models_root(files, tmp_path):
-    """bake an installed main model (installed as a new one), then extract the LoRA back."""
+@pytest.fixture
+def root(tmp_path):
+    """A models root with a tiny SD1 main model installed as 'tiny'."""
     from loraworks.models import ModelManager
     from tests.fixtures.models import build_pipeline
 
@@ -108,6 +109,11 @@ def test_bake_and_extract_through_the_models_root(files, tmp_path):
     mm = ModelManager.open(root)
     mm.install(tmp_path / "main", name="tiny")
     mm.close()
+    return root
+
+
+def test_bake_and_extract_through_the_models_root(files, root, tmp_path):
+    """bake an installed main model (installed as a new one), then extract the LoRA back."""
     a, _ = files
     common = ["--root", str(root)]
     run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked"), "--dtype", "fp32", *common)
@@ -120,17 +126,11 @@ def test_bake_and_extract_through_the_models_root(files, tmp_path):
     assert back.layers.keys() == src.layers.keys()
 
 
-def test_bake_single_file_installs_a_checkpoint(files, tmp_path):
+def test_bake_single_file_installs_a_checkpoint(files, root, tmp_path):
     """`bake --single-file` writes NAME.safetensors, installed as a single-file main model;
     another name is refused before anything is loaded."""
     from loraworks.models import ModelManager
-    from tests.fixtures.models import build_pipeline
 
-    root = tmp_path / "root"
-    build_pipeline("sd1", tmp_path / "src").save_pretrained(str(tmp_path / "main"))
-    mm = ModelManager.open(root)
-    mm.install(tmp_path / "main", name="tiny")
-    mm.close()
     a, _ = files
     common = ["--root", str(root), "--single-file", "--dtype", "fp16"]
     r = run("bake", "tiny", f"{a}:1", "--out", str(tmp_path / "baked"), *common, code=1)
