@@ -73,6 +73,26 @@ def test_single_file_has_the_published_layout_and_the_baked_tensors(tmp_path, ba
         assert f.metadata() == {"format": "pt"}
 
 
+@pytest.mark.parametrize("base", ["sd1", "sd2", "sdxl"])
+def test_full_size_layout_on_the_meta_device(base):
+    """The published architectures' numbering (SD1.5: 12 input blocks, SD2: 23+1 open_clip
+    blocks, SDXL: 10-deep transformers), shapes only, nothing allocated."""
+    from types import SimpleNamespace
+
+    from diffusers import EulerDiscreteScheduler
+
+    from loraworks.lora.tools.single_file import ldm_state_dict
+    from tests.fixtures.models import SD_SCHEDULER_CONFIG
+
+    with torch.device("meta"):
+        c = build_components(base, "full", with_vae=True)
+    pipe = SimpleNamespace(**vars(c), scheduler=EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG))
+    got = ldm_state_dict(pipe, base)
+    layout = published_layout(base, "full")
+    assert got.keys() == layout.keys()
+    assert all(tuple(got[k].shape) == shape for k, (shape, _) in layout.items())
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("base", ["sd1", "sd2", "sdxl"])
 def test_single_file_loads_back_as_what_apply_loras_patches(tmp_path, base, dtype):
