@@ -11,9 +11,11 @@ from torch import nn
 
 from loraworks.lora import LoRAFormatError, load_lora
 from loraworks.lora.keys import (
+    diffusers_to_sgm,
     flatten,
     sgm_to_diffusers,
     text_encoder_candidates,
+    unet_layout,
     unflatten,
 )
 from loraworks.models.fewstep import has_lcm_layout
@@ -106,6 +108,22 @@ def test_unflatten(flat, dotted):
 )  # fmt: skip
 def test_sgm_to_diffusers(sgm, diffusers):
     assert sgm_to_diffusers(sgm) == diffusers
+
+
+def test_diffusers_to_sgm_writes_kohyas_sdxl_names(full_unet_modules):
+    """Every module of the SDXL UNet, written back, is named as kohya's SDXL files name it."""
+    names = set(_lines("kohya_sdxl_unet_modules.txt"))
+    assert {"lora_unet_" + flatten(diffusers_to_sgm(n)) for n in full_unet_modules["sdxl"]} == names
+
+
+def test_diffusers_to_sgm_inverts_the_reader_on_sd1(full_unet_modules):
+    with torch.device("meta"):
+        layout = unet_layout(UNet2DConditionModel(**unet_config("sd1", "full")).config)
+    for name in full_unet_modules["sd1"]:
+        assert sgm_to_diffusers(diffusers_to_sgm(name, layout)) == name
+    assert diffusers_to_sgm("up_blocks.0.upsamplers.0.conv", layout) == "output_blocks.2.1.conv"
+    with pytest.raises(LoRAFormatError, match="to an sgm module"):
+        diffusers_to_sgm("down_blocks.0.bogus.0.conv1")
 
 
 def test_sd1_upsampler_without_attention():
