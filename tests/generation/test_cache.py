@@ -103,7 +103,9 @@ def test_only_the_newest_loras_that_fit_the_budget_stay_on_the_device(mm):
     # strictly newest first: a small old one does not jump a big newer one that did not fit
     assert device_residents([("new", 40), ("big", 70), ("small", 5)], 100) == {"new"}
     assert device_residents([("new", 40)], 39) == set()
-    cache = ModelCache(lambda record, progress, originals: None, 1.0, max_loras=4, device=torch.device("cuda"))
+    cache = ModelCache(
+        lambda record, progress, originals: None, 1.0, max_loras=4, device=torch.device("cuda")
+    )
     lora = cache.lora(mm.get("sd1-c", type="lora"))
     devices = {t.device.type for layer in lora.layers.values() for t in layer.tensors().values()}
     assert devices == {"cpu"}

@@ -32,9 +32,14 @@ def test_room_is_made_before_the_load_for_the_size_the_headers_give():
 
 def test_a_model_over_the_whole_budget_loads_alone_with_a_warning(caplog):
     cache = ModelCache(
-        lambda record, progress, originals: FakePipe(1000), 1000 * 4 / GIB, 2, estimate=lambda r: 8000
+        lambda record, progress, originals: FakePipe(1000),
+        1000 * 4 / GIB,
+        2,
+        estimate=lambda r: 8000,
     )
-    small = ModelCache(lambda record, progress, originals: FakePipe(1000), 1.0, 2, estimate=lambda r: 4000)
+    small = ModelCache(
+        lambda record, progress, originals: FakePipe(1000), 1.0, 2, estimate=lambda r: 4000
+    )
     with caplog.at_level(logging.WARNING, logger="loraworks.generation.cache"):
         small.model(fake_record("fits", "main"))
         assert caplog.records == []
