@@ -75,6 +75,19 @@ def test_24_requests_over_4_stacks_draw_the_single_process_pixels(cluster, demo_
     assert all(r["models"] == ["demo-shapes"] and r["stack"] for r in after)
 
 
+def test_one_hot_stack_spills_over_to_the_other_replica(cluster, demo_root):
+    """16 requests of one stack at once: the replica reporting it holds at most
+    `max_ongoing_requests`, the rest spill over, so both replicas work (no starvation)."""
+    cluster.generate(request_for(0, seed=199), manager=demo_root)
+    time.sleep(1.0)  # the replica that ran it has reported the stack to the router
+    before = {r["id"]: r["jobs"] for r in cluster.snapshot()["replicas"]}
+    send_all(cluster, demo_root, [request_for(0, seed=200 + n) for n in range(16)])
+    ran = {r["id"]: r["jobs"] - before.get(r["id"], 0) for r in cluster.snapshot()["replicas"]}
+    assert sum(ran.values()) == 16
+    print(f"16 jobs of one stack per replica: {sorted(ran.values())}")
+    assert len(ran) == 2 and min(ran.values()) >= 1, ran
+
+
 def test_same_stack_jobs_arriving_together_run_as_one_batch(demo_root):
     """`batch_window_ms`: 4 jobs of one stack and settings sent at once to one replica run as
     UNet batches (the `batches` counter), each image its single-process run's up to the
