@@ -32,8 +32,7 @@ from loraworks.generation.denoise import (  # the solo loop's own pieces, so bot
 )
 from loraworks.generation.errors import GenerationCancelled
 from loraworks.generation.placement import placement
-from loraworks.generation.render import Rendered, RenderSettings
-from loraworks.generation.schedulers import build_scheduler
+from loraworks.generation.render import Rendered, RenderSettings, denoise_job
 
 
 def batch_key(s: RenderSettings) -> Hashable | None:
@@ -85,15 +84,7 @@ def render_together(
         cond = encode(
             pipe, s.prompt, s.negative_prompt, s.cfg > 1.0, s.width, s.height, s.embeddings
         )
-        job = DenoiseJob(
-            scheduler=build_scheduler(s.scheduler, pipe.scheduler.config, s.spacing),
-            steps=s.steps,
-            cfg=s.cfg,
-            width=s.width,
-            height=s.height,
-            generator=torch.Generator("cpu").manual_seed(s.seed),
-            eta=s.eta or 0.0,
-        )
+        job = denoise_job(pipe, s)
         timesteps = _timesteps(job, device)
         latents = _initial_latents(pipe, job, timesteps)
         images.append(_Image(job, cond, on_step, latents, _step_kwargs(job)))

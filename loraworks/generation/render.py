@@ -73,8 +73,15 @@ def render(
     guided = s.cfg > 1.0
     encode = conds.encode if conds is not None else encode_prompt
     cond = encode(pipe, s.prompt, s.negative_prompt, guided, s.width, s.height, s.embeddings)
+    latents = denoise(pipe, cond, denoise_job(pipe, s), on_step)
+    return Rendered(decode(pipe.vae, latents), latents)
+
+
+def denoise_job(pipe: Any, s: RenderSettings) -> DenoiseJob:
+    """`s` as the denoise loop takes it: a fresh scheduler (they keep per-run state) and the
+    seeded CPU generator."""
     init = Image.open(s.init_image) if s.init_image is not None else None
-    job = DenoiseJob(
+    return DenoiseJob(
         scheduler=build_scheduler(s.scheduler, pipe.scheduler.config, s.spacing),
         steps=s.steps,
         cfg=s.cfg,
@@ -85,8 +92,6 @@ def render(
         strength=s.strength,
         eta=s.eta or 0.0,
     )
-    latents = denoise(pipe, cond, job, on_step)
-    return Rendered(decode(pipe.vae, latents), latents)
 
 
 def render_seeds(
