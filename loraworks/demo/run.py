@@ -163,7 +163,7 @@ def run_demo(root: Path | None, echo: Callable[[str], None] = print, seed: int =
     for row in rows():
         r = run_row(mm, row, demo_labels(row), [seed])
         echo(
-            f"{row.title:<40} {r.seconds:6.1f} s  "
+            f"{row.title:<46} {r.seconds:6.1f} s  "
             f"({r.seconds / r.score.n:.2f} s/image)  judge {r.score}"
         )
         results.append(r)
