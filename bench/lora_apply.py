@@ -72,6 +72,7 @@ from memwatch import PeakAnon, anon_bytes  # noqa: E402  (bench/ is this script'
 
 from loraworks.lora import LoRAError, LoRAPatcher, apply_loras, load_lora  # noqa: E402
 from loraworks.lora.keys import flatten  # noqa: E402
+from loraworks.lora.staging import give_back_freed_memory  # noqa: E402
 from tests.fixtures.models import build_pipeline  # noqa: E402
 
 ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
@@ -581,6 +582,7 @@ def bench_strategy(pipe, lora, strategy: str, originals, t: Timer, memory: Devic
     patch (its peak while patching, what it holds while patched, its peak while restoring).
     A stack the strategy cannot fit is refused by the patcher: {"refused": its message}."""
     gc.collect()
+    give_back_freed_memory()  # what the last run freed is not reused unseen by this one
     patcher = LoRAPatcher(pipe, strategy=strategy, originals=originals)
     m0 = memory.now()
     a = t.now()

@@ -7,20 +7,22 @@ SDXL fp16 6.9 GB) × float32 / float16 / bfloat16, each in its own process on th
   which the kernel can drop, are not in it) while loraworks loads the file in that dtype, and
   the pipeline's own size;
 * **generation peak**: RssAnon while one image is generated (`--size` px, 1 step, CFG 1:
-  no unconditional pass), above the loaded model;
+  no unconditional pass), above the loaded model — for the dtypes in `--generate` (default
+  float32 and bfloat16: float16 on a CPU runs without fast kernels, minutes per step);
 * **extra while patched**, per patching strategy, for a kohya LoRA (rank 16) on every UNet and
   text-encoder linear and convolution: the peak while applying and what stays while patched,
   above the loaded model — *swap*, in place with *host* copies, in place re-reading the
   *file*. A strategy the free memory cannot hold is refused by the patcher before anything is
   written; its message (with the GiB it needs) is shown instead.
 
-    .venv/bin/python bench/memory.py --write-docs
-    .venv/bin/python bench/memory.py --models sd1 --dtypes float32 --size 256
+    .venv/bin/python bench/memory.py --size 256 --write-docs
+    .venv/bin/python bench/memory.py --models sd1 --dtypes float32 --generate float32
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -50,6 +52,7 @@ def child(args: argparse.Namespace) -> None:
 
     from loraworks.generation.render import RenderSettings, render
     from loraworks.lora import LoRAError, LoRAPatcher, load_lora
+    from loraworks.lora.staging import give_back_freed_memory
     from loraworks.models.loading import pipeline_class
     from loraworks.models.originals import FileOriginals
     from loraworks.models.singlefile import load_checkpoint
@@ -75,19 +78,22 @@ def child(args: argparse.Namespace) -> None:
     modules = [m for m in pipe.components.values() if isinstance(m, nn.Module)]
     out["pipeline"] = sum(t.nbytes for m in modules for t in (*m.parameters(), *m.buffers()))
     out["load_peak"] = load.peak - start
-    loaded = anon_bytes()
-    settings = RenderSettings("a red fox", None, args.size, args.size, 1, 1.0, "euler", 0)
-    t = time.perf_counter()
-    with PeakAnon() as gen:
-        render(pipe, settings)
-    out["generate_s"] = time.perf_counter() - t
-    out["generation_peak"] = gen.peak - loaded
+    if args.dtype in args.generate:
+        loaded = anon_bytes()
+        settings = RenderSettings("a red fox", None, args.size, args.size, 1, 1.0, "euler", 0)
+        t = time.perf_counter()
+        with PeakAnon() as gen:
+            render(pipe, settings)
+        out["generate_s"] = time.perf_counter() - t
+        out["generation_peak"] = gen.peak - loaded
     c = Components(base, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     state = kohya_lora(c, rank=16, scale=0.01, kinds=(nn.Linear, nn.Conv2d), suffixes=None)
     lora = load_lora((state, {}), name="every-layer")
     del state
     for column, (strategy, with_file) in STRATEGIES.items():
         patcher = LoRAPatcher(pipe, strategy=strategy, originals=originals if with_file else None)
+        gc.collect()
+        give_back_freed_memory()  # what the last run freed is not reused unseen by this one
         before = anon_bytes()
         try:
             with PeakAnon() as peak:
@@ -99,6 +105,10 @@ def child(args: argparse.Namespace) -> None:
         patcher.restore()
         out[column] = {"plan": report.strategy, "peak": peak.peak - before, "held": held}
     print(json.dumps(out))
+
+
+def _gib(value: int | None) -> str:
+    return "—" if value is None else f"{value / GIB:.2f}"
 
 
 def _cell(value: dict) -> str:
@@ -114,7 +124,10 @@ def main() -> None:
     )
     ap.add_argument("--models", nargs="*", default=["sd1", "sdxl"])
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float16", "bfloat16"])
-    ap.add_argument("--size", type=int, default=512, help="generated image side, px")
+    ap.add_argument("--size", type=int, default=256, help="generated image side, px")
+    ap.add_argument(
+        "--generate", nargs="*", default=["float32", "bfloat16"], help="dtypes to generate in"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="folder for the model files")
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
@@ -141,6 +154,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", "--model", base, "--dtype", dtype]
             command += ["--file", str(path), "--cache", str(work / "cache")]
             command += ["--size", str(args.size), "--threads", str(args.threads)]
+            command += ["--generate", *args.generate]
             run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             if run.returncode != 0:
                 print(run.stderr[-2000:], flush=True)
@@ -167,7 +181,7 @@ def main() -> None:
             continue
         lines.append(
             f"| {base.upper()} | {dtype} | {r['pipeline'] / GIB:.2f} | {r['load_peak'] / GIB:.2f} "
-            f"| {r['generation_peak'] / GIB:.2f} | {_cell(r['swap'])} | {_cell(r['host'])} "
+            f"| {_gib(r.get('generation_peak'))} | {_cell(r['swap'])} | {_cell(r['host'])} "
             f"| {_cell(r['file'])} |"
         )
     table = "\n".join(lines)
