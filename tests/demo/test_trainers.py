@@ -100,7 +100,7 @@ def test_lora_trainer_locon_adds_resnet_layers_and_stays_a_concept_lora(tmp_path
     assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2.alpha" in keys
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": 4, "conv_alpha": 2.0}
     found = probe(path)
-    assert (found.type, found.base, found.fewstep) == ("lora", "sd1", "none")
+    assert (found.type, found.base, found.fewstep.family) == ("lora", "sd1", "none")
     with pytest.raises(ValueError, match="unet_layers"):
         LoRATrainConfig(base=base_folder, out=tmp_path, unet_layers="convs")
 
@@ -118,7 +118,7 @@ def test_lcm_trainer_writes_a_unet_only_lora_folder(tmp_path, base_folder):
     assert all(k.startswith("lora_unet_") for k in keys)
     found = probe(folder)
     assert (found.type, found.base) == ("lora", "sd1")
-    assert found.fewstep == "lcm"
+    assert found.fewstep.family == "lcm"
 
 
 def test_train_cli_refuses_an_unknown_unet_layer_set_without_a_traceback(tmp_path):

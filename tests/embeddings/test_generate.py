@@ -71,6 +71,7 @@ def test_installed_trigger_gives_the_phrase_pixels_and_leaves_nothing_behind(mm,
             "key": record.key,
             "hash": record.hash,
             "base": base,
+            "hashes": record.hashes,  # A1111's TI hashes (tests/models/test_autohashes.py)
             "used_in": ["prompt", "negative"],
         }
     ]

@@ -300,6 +300,7 @@ def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeyp
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (1 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 5 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda dev: 1.0)
     assert free_bytes(torch.device("cuda", 0)) == 3 * gib
     assert free_bytes(torch.device("meta")) is None
 
