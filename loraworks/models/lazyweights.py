@@ -5,9 +5,9 @@ maps the whole file, and every page a cast touches stays resident until the last
 map is dropped: casting a 7 GB SDXL file to bfloat16 through it peaks at file + model. Here
 tensors are read with plain reads (the page cache is not counted in a process's memory): one
 already in the target dtype straight into its own memory, one to cast into a reused scratch
-buffer and from there, cast, into its own memory. A load peaks at the model's size in its
-dtype plus the largest tensor, and the weights are private memory: rewriting the file while
-the model is loaded changes nothing (a mapped weight would change, or fault).
+buffer a few MiB at a time and from there, cast, into its own memory. A load peaks at the
+model's size in its dtype plus that buffer, and the weights are private memory: rewriting the
+file while the model is loaded changes nothing (a mapped weight would change, or fault).
 
 Pickles (`.ckpt`) can only be read whole, weights-only (`safefiles.read_weights`); their
 tensors are let go as they are taken, so a cast copy replaces the original step by step.
@@ -41,6 +41,10 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+#: bytes of a tensor read and cast at a time (the scratch buffer's size)
+CAST_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -83,21 +87,27 @@ class LazyWeights:
         if self._loaded is not None:
             return {k: cast(self._loaded.pop(k), dtype) for k in keys}
         out: dict[str, torch.Tensor] = {}
-        # a tensor to cast is read into one reused buffer and cast into its own memory: no
-        # freed read buffer per tensor (page faults on every read, a fragmented heap)
-        scratch = torch.empty(0, dtype=torch.uint8)
+        # a tensor to cast is read a piece at a time into one small reused buffer and cast from
+        # there into its own memory: the piece is still in the CPU's cache when it is cast, and
+        # no freed read buffer per tensor (page faults on every read, a fragmented heap)
+        scratch = torch.empty(CAST_CHUNK, dtype=torch.uint8)
         with open(self.path, "rb", buffering=0) as f:
             for key in keys:
                 entry, stored = self._entry(key)
                 wanted = dtype if stored.is_floating_point else stored
+                target = torch.empty(entry.shape, dtype=wanted)
+                f.seek(entry.start)
                 if wanted == stored:
-                    out[key] = self._read(f, entry, torch.empty(entry.shape, dtype=stored))
+                    out[key] = self._fill(f, target)
                     continue
-                if scratch.numel() < entry.end - entry.start:
-                    scratch = torch.empty(entry.end - entry.start, dtype=torch.uint8)
-                raw = scratch[: entry.end - entry.start].view(stored).reshape(entry.shape)
-                # `copy_` is the kernel `tensor.to(dtype)` runs: the same bits
-                out[key] = torch.empty(entry.shape, dtype=wanted).copy_(self._read(f, entry, raw))
+                flat, step = target.view(-1), CAST_CHUNK // stored.itemsize
+                for first in range(0, flat.numel(), step):
+                    piece = flat[first : first + step]
+                    raw = scratch[: piece.numel() * stored.itemsize].view(stored)
+                    # `copy_` is the kernel `tensor.to(dtype)` runs, element by element: the
+                    # same bits
+                    piece.copy_(self._fill(f, raw))
+                out[key] = target
         return out
 
     def nbytes(self, keys: Iterable[str], dtype: torch.dtype) -> int:
@@ -125,10 +135,9 @@ class LazyWeights:
             )
         return entry, dtype
 
-    def _read(self, f: BinaryIO, entry: _Entry, into: torch.Tensor) -> torch.Tensor:
-        """`into` (contiguous, of the entry's size) filled with the entry's bytes."""
+    def _fill(self, f: BinaryIO, into: torch.Tensor) -> torch.Tensor:
+        """`into` (contiguous) filled with the next bytes of `f`."""
         view = memoryview(into.reshape(-1).view(torch.uint8).numpy())
-        f.seek(entry.start)
         done = 0
         while done < len(view):  # one read returns at most ~2 GiB
             got = f.readinto(view[done:])
