@@ -35,7 +35,6 @@ from loraworks.generation.events import CancelFlag, ProgressCallback, StepReport
 from loraworks.generation.placement import placement
 from loraworks.generation.recipe import build_recipe
 from loraworks.generation.render import render_seeds, with_native_size
-from loraworks.generation.windows import first_stack, follow_windows
 from loraworks.lora import LoRAPatcher
 from loraworks.models import ModelRecord
 from loraworks.models.config import Config
@@ -103,11 +102,9 @@ class Worker:
         try:
             with (
                 self._init_image(job) as init,
-                self.cache.patched(job.main, first_stack(stack)) as (loaded, report),
+                self.cache.patched(job.main, stack, [steps]) as (loaded, report),
             ):
                 self._count(job, loaded.patcher)
-                loaded.conds.sync(report)
-                follow_windows(steps, loaded.patcher, stack)  # start=/stop=: switched between steps
                 compute = placement(loaded.pipe.unet)
                 local = replace(settings, init_image=init)  # the head's image, as a file here
                 for seeded, rendered in render_seeds(
@@ -142,14 +139,12 @@ class Worker:
                 owners.append(j)
                 callbacks.append(_image_steps(steps, i))
         try:
-            with self.cache.patched(first.main, first_stack(stack)) as (loaded, report):
+            # start=/stop=: the first image's callback switches
+            with self.cache.patched(first.main, stack, reporters) as (loaded, report):
                 for job in jobs:
                     self._count(job, loaded.patcher)
                 with self._lock:
                     self.stats.batches += len(jobs) > 1
-                loaded.conds.sync(report)
-                for steps in reporters:  # start=/stop=: the first image's callback switches
-                    follow_windows(steps, loaded.patcher, stack)
                 compute = placement(loaded.pipe.unet)
                 rendered = render_together(loaded.pipe, items, callbacks, loaded.conds)
         except BaseException:

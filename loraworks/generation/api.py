@@ -41,7 +41,6 @@ from loraworks.generation.recipe import (
 from loraworks.generation.render import RenderSettings, render_seeds, with_native_size
 from loraworks.generation.request import GenerateRequest, LoRASpec
 from loraworks.generation.textual_inversion import find_uses, prepare, word_warnings
-from loraworks.generation.windows import first_stack, follow_windows
 from loraworks.lora import with_user_presets
 from loraworks.models import ModelError, ModelManager, ModelNotFound, ModelRecord
 
@@ -176,9 +175,7 @@ def generate(
     steps = StepReporter(progress, cancel, is_sdxl(loaded.pipe))
     result = GenerateResult([], list(resolved.warnings), {})
     try:
-        with cache.patched(main, first_stack(stack)) as (loaded, report):
-            loaded.conds.sync(report)
-            follow_windows(steps, loaded.patcher, stack)  # start=/stop=: switched between steps
+        with cache.patched(main, stack, [steps]) as (loaded, report):
             compute = placement(loaded.pipe.unet)
             for seeded, rendered in render_seeds(
                 loaded.pipe, s, request.batch_size, steps, loaded.conds

@@ -16,7 +16,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,8 @@ import torch
 
 from loraworks.generation.conditioning import ConditioningCache
 from loraworks.generation.errors import GenerationError
-from loraworks.generation.events import load_listener
+from loraworks.generation.events import StepReporter, load_listener
+from loraworks.generation.windows import first_stack, follow_windows
 from loraworks.lora import (
     LoRA,
     LoRAPatcher,
@@ -178,26 +179,31 @@ class ModelCache:
 
     @contextmanager
     def patched(
-        self, record: ModelRecord, stack: Stack
+        self, record: ModelRecord, stack: Stack, steps: Sequence[StepReporter] = ()
     ) -> Iterator[tuple[LoadedModel, PatchReport]]:
         """`record`'s model with `stack` patched in, held (its lock) for the body.
 
-        The model stays patched after the body (the same stack next time costs nothing); an
-        exception in the body restores its weights. When the originals cannot be read back
-        (`LoRARestoreError`: the model file changed on disk while patched in place), the model
-        is dropped — never used with wrong weights — and loaded again from the file as it is
-        now, once."""
+        What is patched is the stack's LoRAs active at step 1 (`windows.first_stack`); each
+        reporter of `steps` then switches the patch between steps for LoRAs with a window, and
+        the model's encoded prompts follow the patch. The model stays patched after the body
+        (the same stack next time costs nothing); an exception in the body restores its
+        weights. When the originals cannot be read back (`LoRARestoreError`: the model file
+        changed on disk while patched in place), the model is dropped — never used with wrong
+        weights — and loaded again from the file as it is now, once."""
         for attempt in (1, 2):
             loaded = self.model(record)
             with loaded.lock:
                 try:
-                    report = loaded.patcher.set(stack)
+                    report = loaded.patcher.set(first_stack(stack))
                 except LoRARestoreError:
                     self._drop(loaded)
                     if attempt == 2:
                         raise
                     log.warning("'%s' changed on disk while patched: loading it again", record.name)
                     continue
+                loaded.conds.sync(report)
+                for reporter in steps:  # start=/stop=: switched between steps
+                    follow_windows(reporter, loaded.patcher, stack)
                 try:
                     yield loaded, report
                 except BaseException:
